@@ -1,0 +1,99 @@
+"""MODEL references, --input parsing and the errors a user gets for bad ones."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from edgeship.errors import EdgeshipError
+from edgeship.model import InputSpec, ModelSpec, load, parse_input
+
+
+def test_parse_input():
+    assert parse_input("image:1x3x224x224") == InputSpec("image", (1, 3, 224, 224), "float32", "NCHW")
+    assert parse_input("tokens:1x32:int64") == InputSpec("tokens", (1, 32), "int64")
+    assert parse_input("x:2x4:fp16").dtype == "float16"
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("image", "NAME:SHAPE"), ("image:1xAx3", "cannot parse the shape"), ("image:1x0x3", "positive integer"),
+    ("image:1x3:complex", "dtype 'complex'"), ("1bad:1x3", "not a valid identifier"), ("a:1:f32:extra", "NAME:SHAPE"),
+])
+def test_bad_input_specs(text, fragment):
+    with pytest.raises(EdgeshipError, match=fragment):
+        parse_input(text)
+
+
+def _write(tmp_path, body: str):
+    p = tmp_path / "user_model.py"
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+def test_factory_forms(tmp_path):
+    p = _write(tmp_path, """
+        import torch
+        from torch import nn
+        def plain():
+            return nn.Linear(4, 2)
+        def with_inputs():
+            return nn.Linear(4, 2), (torch.randn(1, 4),)
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__(); self.fc = nn.Linear(4, 2)
+            def forward(self, x): return self.fc(x)
+        net = Net()
+    """)
+    spec = load(f"{p}:plain", [parse_input("x:1x4")])
+    assert spec.inputs[0].name == "x" and spec.name == "plain"
+    spec = load(f"{p}:with_inputs")
+    assert spec.inputs == (InputSpec("input", (1, 4)),)
+    assert load(f"{p}:Net", [parse_input("x:3x4")]).inputs[0].shape == (3, 4)
+    assert load(f"{p}:net", [parse_input("x:1x4")]).module.training is False
+    assert load("example:tiny_cnn").task == "image-classification"
+    assert load("edgeship.examples:tiny_lstm").inputs[0].name == "sequence"
+
+
+def test_model_errors(tmp_path):
+    p = _write(tmp_path, """
+        from torch import nn
+        def not_a_module():
+            return 42
+        def needs_args(width):
+            return nn.Linear(width, 2)
+        def linear():
+            return nn.Linear(4, 2)
+    """)
+    cases = [
+        (f"{tmp_path}/missing.py:f", [], "does not exist"),
+        (f"{p}:nope", [], "has no attribute 'nope'"),
+        (f"{p}:not_a_module", [], "returned a int, not a torch.nn.Module"),
+        (f"{p}:needs_args", [], "no required arguments"),
+        (f"{p}:linear", [], "no example inputs"),
+        ("example:nope", [], "known examples: .*tiny_cnn"),
+        ("no_colon_here", [], "cannot read MODEL"),
+        ("no_such_pkg_xyz.mod:attr", [], "cannot import module"),
+    ]
+    for ref, inputs, fragment in cases:
+        with pytest.raises(EdgeshipError, match=fragment):
+            load(ref, inputs)
+
+
+def test_shape_the_model_rejects_names_the_input(tmp_path):
+    p = _write(tmp_path, "from torch import nn\ndef linear():\n    return nn.Linear(4, 2)\n")
+    with pytest.raises(EdgeshipError, match=r"inputs x:1x5:float32") as e:
+        load(f"{p}:linear", [parse_input("x:1x5")])
+    assert "shape and dtype" in e.value.hint
+
+
+def test_modelspec_rejects_non_module():
+    with pytest.raises(EdgeshipError, match="not a torch.nn.Module"):
+        ModelSpec("model", (InputSpec("x", (1,)),))
+
+
+def test_example_inputs_are_seeded():
+    spec = load("example:tiny_transformer")
+    a, b = spec.example_inputs(3)[0], spec.example_inputs(3)[0]
+    assert torch.equal(a, b) and a.dtype == torch.int64 and int(a.max()) < 1000
+    assert not torch.equal(a, spec.example_inputs(4)[0])

@@ -1,0 +1,105 @@
+"""Small file and process helpers: atomic writes, sha256 of files and folders, silencing converters' chatter."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_dir_like_mkdir(path: Path) -> None:
+    """Give a mkdtemp folder (0700) the permissions a plain mkdir would have."""
+    os.chmod(path, 0o777 & ~_umask())
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file; for a directory (.mlpackage), of its files' relative paths and contents in sorted order."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+            _update(h, f)
+    else:
+        _update(h, path)
+    return h.hexdigest()
+
+
+def size_path(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _update(h, f: Path) -> None:
+    with open(f, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
+@contextlib.contextmanager
+def captured_output():
+    """Send what converters print (Python and C++ alike) to a temp file; yields a function that returns it.
+
+    Converters (litert-torch, coremltools, XNNPACK) write progress and warnings straight to fd 1/2; library
+    code must not print, so it goes to the debug log instead.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+
+        def text() -> str:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            tmp.seek(0)
+            return tmp.read().decode(errors="replace")
+        try:
+            yield text
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            out = text()
+            if out.strip():
+                log.debug("converter output:\n%s", out[-20000:])

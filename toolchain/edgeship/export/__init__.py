@@ -1,0 +1,88 @@
+"""Exporter registry: format key -> "module:Class", imported lazily so one format never imports another's converter."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from ..errors import EdgeshipError
+from ..model import ModelSpec
+
+EXPORTERS: dict[str, str] = {
+    "onnx": "edgeship.export.onnx:OnnxExporter",
+    "tflite": "edgeship.export.tflite:TFLiteExporter",
+    "executorch": "edgeship.export.executorch:ExecuTorchExporter",
+    "coreml": "edgeship.export.coreml:CoreMLExporter",
+}
+DEFAULT_FORMATS = ("onnx", "tflite", "executorch", "coreml")
+
+
+@dataclass
+class Exported:
+    """What an exporter made: the artifact and what it learned while making it."""
+
+    path: Path
+    precision: str                      # the precision the artifact really has
+    notes: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)   # format-specific figures (delegation counts, opset, …)
+    min_os: dict | None = None
+
+
+class Exporter(Protocol):
+    format: ClassVar[str]
+    suffix: ClassVar[str]
+    runtime: ClassVar[str]
+    precisions: ClassVar[frozenset[str]]
+    precision_map: ClassVar[dict[str, str]]   # requested -> made, where a format makes something else (optional)
+    extra: ClassVar[str]                # the pip extra that installs its converter
+    module: ClassVar[str]               # the converter's import name, to say what is missing
+
+    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None) -> Exported: ...
+
+
+def artifact_name(precision: str, suffix: str) -> str:
+    return f"model{'' if precision == 'fp32' else '.' + precision}{suffix}"
+
+
+def effective_precisions(fmt: str, requested) -> list[str]:
+    """The precisions ``fmt`` really makes for ``requested``, without duplicates (Core ML: fp32 -> fp16)."""
+    mapping = getattr(get_exporter(fmt), "precision_map", {})
+    return list(dict.fromkeys(mapping.get(p, p) for p in requested))
+
+
+def parse_formats(text: str | None) -> list[str]:
+    if not text:
+        return list(DEFAULT_FORMATS)
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in EXPORTERS]
+    if unknown or not formats:
+        raise EdgeshipError(f"unknown format {', '.join(unknown) or repr(text)}", hint=f"known formats: {', '.join(EXPORTERS)}")
+    return list(dict.fromkeys(formats))
+
+
+def get_exporter(fmt: str) -> Exporter:
+    if fmt not in EXPORTERS:
+        raise EdgeshipError(f"unknown format {fmt!r}", hint=f"known formats: {', '.join(EXPORTERS)}")
+    mod, cls = EXPORTERS[fmt].split(":")
+    return getattr(importlib.import_module(mod), cls)()
+
+
+def available(fmt: str) -> tuple[bool, str | None]:
+    """Whether the converter for ``fmt`` can be imported here, and if not, why."""
+    mod, cls = EXPORTERS[fmt].split(":")
+    klass = getattr(importlib.import_module(mod), cls)
+    try:
+        importlib.import_module(klass.module)
+        return True, None
+    except ImportError as e:
+        return False, f"{klass.module} is not installed ({e}); pip install 'edgeship[{klass.extra}]'"
+
+
+def require(module: str, extra: str, what: str):
+    """Import a converter module, or raise the missing-dependency error that names the pip extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise EdgeshipError(f"{what} needs the Python package '{module.split('.')[0]}', which is not installed ({e})",
+                            hint=f"pip install 'edgeship[{extra}]'  (or run 'make setup')") from e

@@ -1,0 +1,101 @@
+"""manifest.json: what an app needs to run an exported model. Versioned, validated against the JSON Schema on write and read."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from ._io import write_json_atomic
+from .errors import EdgeshipError
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
+TOOL_PACKAGES = ("edgeship", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "onnxslim", "litert-torch",
+                 "ai-edge-litert", "ai-edge-quantizer", "executorch", "torchao", "coremltools", "torch-pruning")
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of every tool that can take part in making an artifact (None: not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for p in TOOL_PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate(manifest: dict, where: str = "manifest.json") -> None:
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(manifest), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        loc = "/".join(str(p) for p in e.path) or "(top level)"
+        raise EdgeshipError(f"{where} does not follow the manifest schema at {loc}: {e.message}",
+                            hint=f"the schema is {SCHEMA_PATH}; {len(errors)} problem(s) in all")
+
+
+def check_version(manifest: dict, where: str = "manifest.json") -> None:
+    version = str(manifest.get("schema_version", ""))
+    major = version.split(".")[0]
+    if not major.isdigit():
+        raise EdgeshipError(f"{where} has no valid schema_version ({version!r})", hint="is this an edgeship export folder?")
+    if int(major) > int(SCHEMA_VERSION.split(".")[0]):
+        raise EdgeshipError(f"{where} has schema_version {version}, newer than this edgeship understands ({SCHEMA_VERSION})",
+                            hint="upgrade edgeship: pip install -U edgeship")
+
+
+def load(folder: Path) -> dict:
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        raise EdgeshipError(f"{folder} is not an edgeship export folder: it has no manifest.json",
+                            hint="make one with: edgeship export MODEL --out FOLDER")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise EdgeshipError(f"{path} is not valid JSON: {e}") from e
+    check_version(manifest, str(path))
+    validate(manifest, str(path))
+    return manifest
+
+
+def build(spec, artifacts: list[dict], labels_file: str | None) -> dict:
+    """The manifest for ``spec`` and its artifact entries (already carrying path, sha256, size, I/O)."""
+    outputs = spec.reference(spec.example_inputs())
+    out_names = list(spec.output_names or (["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]))
+    inputs = []
+    for i in spec.inputs:
+        entry = {"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "layout": i.layout}
+        if spec.preprocess and i.layout in ("NCHW", "NHWC"):
+            entry["preprocess"] = spec.preprocess
+        inputs.append(entry)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": spec.name,
+        "task": spec.task,
+        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "tools": tool_versions(),
+        "labels": labels_file,
+        "num_classes": int(outputs[0].shape[-1]) if spec.task.endswith("classification") else None,
+        "inputs": inputs,
+        "outputs": [{"name": n, "shape": [int(d) for d in t.shape], "dtype": str(t.dtype).removeprefix("torch."),
+                     "meaning": spec.output_meaning if k == 0 else "other"} for k, (n, t) in enumerate(zip(out_names, outputs))],
+        "artifacts": artifacts,
+    }
+    validate(manifest)
+    return manifest
+
+
+def write(folder: Path, manifest: dict) -> None:
+    validate(manifest)
+    write_json_atomic(Path(folder) / "manifest.json", manifest)

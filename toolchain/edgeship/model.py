@@ -1,0 +1,216 @@
+"""ModelSpec: a torch module with named example inputs, and the loaders that build one from a MODEL reference."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .errors import EdgeshipError
+
+DTYPES = {
+    "float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
+    "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
+}
+_DTYPE_ALIASES = {"f32": "float32", "fp32": "float32", "float": "float32", "f16": "float16", "fp16": "float16",
+                  "i64": "int64", "long": "int64", "i32": "int32", "int": "int32", "u8": "uint8", "i8": "int8"}
+TASKS = ("image-classification", "text-classification", "classification", "generic")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input. ``high`` bounds random integer inputs (token ids: the vocabulary size)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    layout: str | None = None
+    high: int | None = None
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
+            raise EdgeshipError(f"input name {self.name!r} is not a valid identifier",
+                                hint="use letters, digits and '_', starting with a letter, e.g. --input image:1x3x224x224")
+        if not self.shape or any(int(d) < 1 for d in self.shape):
+            raise EdgeshipError(f"input {self.name!r} has shape {self.shape}; every dimension must be a positive integer")
+        if self.dtype not in DTYPES:
+            raise EdgeshipError(f"input {self.name!r} has dtype {self.dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+
+    def random(self, generator: torch.Generator) -> torch.Tensor:
+        dt = DTYPES[self.dtype]
+        if dt.is_floating_point:
+            return torch.randn(self.shape, generator=generator).to(dt)
+        if dt == torch.bool:
+            return torch.randint(0, 2, self.shape, generator=generator).bool()
+        return torch.randint(0, self.high or 10, self.shape, generator=generator, dtype=dt)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
+
+
+@dataclass
+class ModelSpec:
+    """Everything the exporters need: the module (in eval mode) and its named example inputs."""
+
+    module: nn.Module
+    inputs: tuple[InputSpec, ...]
+    task: str = "generic"
+    labels: list[str] | None = None
+    preprocess: dict | None = None
+    name: str = "model"
+    output_names: tuple[str, ...] | None = None
+    output_meaning: str = "logits"
+
+    def __post_init__(self):
+        if not isinstance(self.module, nn.Module):
+            raise EdgeshipError(f"the model is a {type(self.module).__name__}, not a torch.nn.Module")
+        self.inputs = tuple(self.inputs)
+        if not self.inputs:
+            raise EdgeshipError("the model has no inputs", hint="give them with --input NAME:SHAPE[:DTYPE]")
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names):
+            raise EdgeshipError(f"input names must be unique, got {names}")
+        if self.task not in TASKS:
+            raise EdgeshipError(f"unknown task {self.task!r}", hint=f"use one of {', '.join(TASKS)}")
+        self.module.eval()
+
+    def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(seed)
+        return tuple(i.random(g) for i in self.inputs)
+
+    def reference(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Run the PyTorch model; outputs flattened to a list of tensors."""
+        with torch.no_grad():
+            out = self.module(*args)
+        return flatten_outputs(out)
+
+    def check_runs(self) -> list[torch.Tensor]:
+        """Run once on example inputs; a shape the model rejects becomes an error naming the inputs."""
+        try:
+            return self.reference(self.example_inputs())
+        except Exception as e:  # noqa: BLE001 - any failure here is the user's shapes or model
+            given = ", ".join(f"{i.name}:{'x'.join(map(str, i.shape))}:{i.dtype}" for i in self.inputs)
+            raise EdgeshipError(f"the model failed on inputs {given}: {type(e).__name__}: {e}",
+                                hint="check --input: the shape and dtype must be what the model's forward() expects") from e
+
+    def with_module(self, module: nn.Module) -> "ModelSpec":
+        return replace(self, module=module)
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.task.endswith("classification"):
+            outs = self.check_runs()
+            return int(outs[0].shape[-1])
+        return None
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in flatten_outputs(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in flatten_outputs(o)]
+    raise EdgeshipError(f"the model returned a {type(out).__name__}; exporters need tensors (or tuples/lists/dicts of them)")
+
+
+def parse_input(text: str) -> InputSpec:
+    """Parse ``NAME:SHAPE[:DTYPE]``, SHAPE as ``1x3x224x224``."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise EdgeshipError(f"cannot parse --input {text!r}", hint="write NAME:SHAPE[:DTYPE], e.g. image:1x3x224x224 or tokens:1x32:int64")
+    try:
+        shape = tuple(int(d) for d in parts[1].lower().replace("*", "x").split("x"))
+    except ValueError:
+        raise EdgeshipError(f"cannot parse the shape {parts[1]!r} in --input {text!r}",
+                            hint="dimensions are integers separated by 'x', e.g. 1x3x224x224") from None
+    dtype = _DTYPE_ALIASES.get(parts[2], parts[2]) if len(parts) == 3 else "float32"
+    return InputSpec(parts[0], shape, dtype, layout="NCHW" if len(shape) == 4 and dtype.startswith("float") else None)
+
+
+def _import_file(path: Path):
+    if not path.is_file():
+        raise EdgeshipError(f"model file {str(path)!r} does not exist", hint="MODEL is path/to/file.py:factory, package.module:attr or example:NAME")
+    mod_name = f"_edgeship_user_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001
+        raise EdgeshipError(f"importing {path} failed: {type(e).__name__}: {e}") from e
+    finally:
+        sys.path.remove(str(path.parent.resolve()))
+    return module
+
+
+def resolve(ref: str):
+    """Find the object a MODEL reference names (not yet called)."""
+    if ref.startswith("example:"):
+        from . import examples
+        name = ref.split(":", 1)[1]
+        if name not in examples.EXAMPLES:
+            raise EdgeshipError(f"unknown example {name!r}", hint=f"known examples: {', '.join(sorted(examples.EXAMPLES))}")
+        return examples.EXAMPLES[name]
+    if ":" not in ref:
+        raise EdgeshipError(f"cannot read MODEL {ref!r}", hint="write path/to/file.py:factory, package.module:attr or example:NAME")
+    target, attr = ref.rsplit(":", 1)
+    if target.endswith(".py") or "/" in target or Path(target).suffix == ".py":
+        module = _import_file(Path(target))
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise EdgeshipError(f"cannot import module {target!r}: {e}", hint="is the package installed, or did you mean a .py file path?") from e
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+            raise EdgeshipError(f"{target!r} has no attribute {attr!r}", hint=f"callables there: {', '.join(public[:20]) or 'none'}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None) -> ModelSpec:
+    """Build a ModelSpec from a MODEL reference and optional ``--input`` specs (which override the factory's)."""
+    obj = resolve(ref)
+    if inspect.isclass(obj) and issubclass(obj, nn.Module) or (callable(obj) and not isinstance(obj, nn.Module)):
+        try:
+            obj = obj()
+        except TypeError as e:
+            raise EdgeshipError(f"calling {ref} failed: {e}", hint="the factory must take no required arguments") from e
+    default_name = re.sub(r"[^A-Za-z0-9_-]+", "_", ref.rsplit(":", 1)[-1]) or "model"
+    if isinstance(obj, ModelSpec):
+        spec = obj
+        if inputs:
+            spec = replace(spec, inputs=tuple(inputs))
+    elif isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nn.Module):
+        module, examples_ = obj
+        examples_ = (examples_,) if isinstance(examples_, torch.Tensor) else tuple(examples_)
+        if inputs:
+            specs = tuple(inputs)
+        else:
+            rev = {v: k for k, v in DTYPES.items()}
+            specs = tuple(InputSpec(f"input_{i}" if len(examples_) > 1 else "input", tuple(t.shape), rev[t.dtype])
+                          for i, t in enumerate(examples_))
+        spec = ModelSpec(module, specs)
+    elif isinstance(obj, nn.Module):
+        if not inputs:
+            raise EdgeshipError(f"{ref} gives a module but no example inputs",
+                                hint="add --input NAME:SHAPE[:DTYPE], or return (module, example_inputs) from the factory")
+        spec = ModelSpec(obj, tuple(inputs))
+    else:
+        raise EdgeshipError(f"{ref} returned a {type(obj).__name__}, not a torch.nn.Module",
+                            hint="the factory must return an nn.Module, (module, example_inputs) or an edgeship ModelSpec")
+    if name or spec.name == "model":
+        spec = replace(spec, name=name or default_name)
+    spec.check_runs()
+    return spec

@@ -1,0 +1,306 @@
+"""The export trip: one ModelSpec -> every requested format × precision -> parity in each runtime -> one folder.
+
+A failing format does not stop the others: its entry in report.json says why. The folder is built in a
+staging directory beside ``out`` and renamed into place at the end, so an interrupted run leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import manifest as manifest_mod
+from . import report as report_mod
+from . import verify
+from ._io import captured_output, make_dir_like_mkdir, sha256_path, size_path, write_text_atomic
+from .errors import EdgeshipError
+from .export import EXPORTERS, Exported, effective_precisions, get_exporter
+from .model import ModelSpec
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "fp16")
+Event = Callable[[str, str, dict], None]   # (artifact key, stage, info)
+
+
+@dataclass
+class ExportOptions:
+    formats: Sequence[str]
+    precisions: Sequence[str] = ("fp32",)
+    verify_samples: int = 5
+    verify_data: Path | None = None
+    check_determinism: bool = False
+    force: bool = False
+    calib: object = None
+
+
+@dataclass
+class ArtifactResult:
+    format: str
+    precision: str
+    status: str                      # ok | failed
+    path: str | None = None          # relative to the output folder
+    size_bytes: int | None = None
+    export_s: float | None = None
+    parity: dict | None = None
+    deterministic: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    error: str | None = None
+    hint: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.format}:{self.precision}"
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "ok" and (self.parity or {}).get("status") in ("pass", "not run")
+
+
+def prepare_out(out: Path, force: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``force``, and even then only one edgeship made (never a user's folder)."""
+    if out.exists() and not out.is_dir():
+        raise EdgeshipError(f"--out {out} is a file", hint="give a folder path for --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise EdgeshipError(f"output folder {out} exists and is not empty; nothing was changed",
+                                hint="add --force to replace it, or choose another --out")
+        if not (out / "manifest.json").exists() and not (out / "report.json").exists():
+            raise EdgeshipError(f"{out} is not an edgeship output folder (no manifest.json); --force replaces only those",
+                                hint="choose an empty or new --out folder")
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        out.rename(old / out.name)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+_OP_PATTERNS = [r"(aten[.:]{1,2}[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", r"op(?:erator)? ['\"`]?([A-Za-z0-9_.:]+)['\"`]? (?:is )?not (?:supported|implemented)",
+                r"[Uu]nsupported op(?:eration)?[: ]+['\"`]?([A-Za-z0-9_.:]+)", r"[Uu]nsupported fx node ([A-Za-z0-9_.]+)",
+                r"\bnode ([A-Za-z0-9_.]+) \(\1\)"]
+
+
+def describe_failure(fmt: str, exc: BaseException, output: str = "") -> tuple[str, str | None]:
+    """A one-line reason for a converter failure that names the format and, where it can, the op."""
+    if isinstance(exc, EdgeshipError):
+        return exc.message, exc.hint
+    text = f"{exc}\n{output}"
+    op = None
+    for pat in _OP_PATTERNS:
+        m = re.search(pat, text)
+        if m:
+            op = m.group(1)
+            break
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    first = first if len(first) <= 300 else first[:297] + "..."
+    others = ", ".join(f for f in EXPORTERS if f != fmt)
+    if op:
+        return f"the {fmt} converter cannot handle op {op}: {type(exc).__name__}: {first}", f"the other formats ({others}) may still work; --debug shows the converter's log"
+    return f"the {fmt} converter failed: {type(exc).__name__}: {first}", "--debug shows the converter's log and traceback"
+
+
+def verification_feeds(spec: ModelSpec, samples: int, data: Path | None) -> list[tuple]:
+    """Seeded random inputs plus any user-given ones (.npz with one array per input name, or 'x')."""
+    import torch
+    feeds = [spec.example_inputs(seed=s) for s in range(samples)]
+    if data is not None:
+        feeds += load_verify_data(spec, data)
+    return feeds
+
+
+def load_verify_data(spec: ModelSpec, path: Path) -> list[tuple]:
+    import torch
+    if not path.is_file():
+        raise EdgeshipError(f"--verify-data {path} does not exist")
+    with np.load(path) as npz:
+        keys = [i.name for i in spec.inputs]
+        if len(keys) == 1 and keys[0] not in npz and "x" in npz:
+            arrays = {keys[0]: npz["x"]}
+        else:
+            missing = [k for k in keys if k not in npz]
+            if missing:
+                raise EdgeshipError(f"--verify-data {path} lacks arrays for inputs {missing}", hint=f"it has {list(npz.keys())}; name arrays after the inputs, or 'x' for a single input")
+            arrays = {k: npz[k] for k in keys}
+    n = len(next(iter(arrays.values())))
+    out = []
+    for j in range(n):
+        row = []
+        for i in spec.inputs:
+            a = np.asarray(arrays[i.name][j])
+            if tuple(a.shape) != i.shape:
+                a = a.reshape(i.shape) if a.size == int(np.prod(i.shape)) else a
+            if tuple(a.shape) != i.shape:
+                raise EdgeshipError(f"--verify-data sample {j} for input {i.name!r} has shape {list(a.shape)}, the model wants {list(i.shape)}")
+            row.append(torch.from_numpy(a.astype(i.dtype)))
+        out.append(tuple(row))
+    return out
+
+
+def export_artifact(spec: ModelSpec, fmt: str, precision: str, out_dir: Path, calib=None) -> tuple[Exported, float]:
+    exporter = get_exporter(fmt)
+    if precision not in exporter.precisions:
+        raise EdgeshipError(f"{fmt} has no {precision} export", hint=f"{fmt} precisions: {', '.join(sorted(exporter.precisions))}")
+    t0 = time.perf_counter()
+    with captured_output() as output:
+        try:
+            exported = exporter.export(spec, out_dir / fmt, precision, calib)
+        except EdgeshipError:
+            raise
+        except Exception as e:  # noqa: BLE001 - converter failures become the format's failure reason
+            msg, hint = describe_failure(fmt, e, output())
+            raise EdgeshipError(msg, hint) from e
+    return exported, time.perf_counter() - t0
+
+
+def artifact_io(path: Path) -> tuple[list[dict], list[dict]]:
+    """The artifact's own input/output tensors as its runtime sees them (names, shapes, dtypes, quantization)."""
+    from edgeship_runtime import open_runtime
+    rt = open_runtime(path)
+    conv = lambda t: {"name": t.name, "shape": list(t.shape), "dtype": t.dtype,  # noqa: E731
+                      "quantization": ({"scale": float(t.quantization[0]), "zero_point": int(t.quantization[1])} if t.quantization else None)}
+    return [conv(t) for t in rt.inputs], [conv(t) for t in rt.outputs]
+
+
+def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event | None = None) -> dict:
+    """Export ``spec`` to every format × precision in ``opts``, verify each, write the folder; returns report.json's dict."""
+    on_event = on_event or (lambda *a: None)
+    out = Path(out)
+    prepare_out(out, opts.force)
+    for p in opts.precisions:
+        if p not in PRECISIONS:
+            raise EdgeshipError(f"unknown precision {p!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+    feeds = verification_feeds(spec, opts.verify_samples, opts.verify_data)
+    refs = [[t.numpy() for t in spec.reference(f)] for f in feeds]
+    np_feeds = [[t.numpy() for t in f] for f in feeds]
+    classifier = spec.task.endswith("classification")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    make_dir_like_mkdir(staging)
+    try:
+        results: list[ArtifactResult] = []
+        for fmt in opts.formats:
+            for precision in effective_precisions(fmt, opts.precisions):
+                results.append(_one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event))
+        labels_file = None
+        if spec.labels:
+            write_text_atomic(staging / "labels.txt", "\n".join(spec.labels) + "\n")
+            labels_file = "labels.txt"
+        entries = []
+        for r in results:
+            if r.status != "ok":
+                continue
+            path = staging / r.path
+            ins, outs = artifact_io(path)
+            exporter = get_exporter(r.format)
+            entry = {"format": r.format, "precision": r.precision, "path": r.path, "sha256": sha256_path(path),
+                     "size_bytes": r.size_bytes, "runtime": exporter.runtime, "inputs": ins, "outputs": outs,
+                     "notes": r.notes}
+            if r.details.get("min_os"):
+                entry["min_os"] = r.details["min_os"]
+            entries.append(entry)
+        save_reference(staging, spec, np_feeds, refs)
+        manifest = manifest_mod.build(spec, entries, labels_file)
+        manifest_mod.write(staging, manifest)
+        report = report_mod.new_report(spec, manifest, [r.__dict__ | {"key": r.key} for r in results],
+                                       verify_samples=len(feeds))
+        report_mod.write(staging, report)
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event) -> ArtifactResult:
+    key = f"{fmt}:{precision}"
+    on_event(key, "export", {})
+    try:
+        exported, seconds = export_artifact(spec, fmt, precision, staging, opts.calib)
+    except EdgeshipError as e:
+        log.info("%s failed: %s", key, e.message)
+        on_event(key, "failed", {"error": e.message})
+        return ArtifactResult(fmt, precision, "failed", error=e.message, hint=e.hint)
+    rel = exported.path.relative_to(staging).as_posix()
+    details = dict(exported.details)
+    if exported.min_os:
+        details["min_os"] = exported.min_os
+    r = ArtifactResult(fmt, exported.precision, "ok", rel, size_path(exported.path), round(seconds, 2),
+                       notes=exported.notes, details=details)
+    if opts.check_determinism:
+        with tempfile.TemporaryDirectory() as again:
+            second, _ = export_artifact(spec, fmt, precision, Path(again), opts.calib)
+            r.deterministic = sha256_path(second.path) == sha256_path(exported.path)
+            if not r.deterministic:
+                r.notes.append("not byte-identical when exported twice")
+    on_event(key, "verify", {"path": rel})
+    parity = verify.check_artifact(exported.path, fmt, exported.precision, np_feeds, refs, classifier)
+    r.parity = parity.to_dict()
+    on_event(key, "done", {"parity": r.parity})
+    return r
+
+
+REFERENCE_FILE = "reference.npz"
+
+
+def save_reference(folder: Path, spec: ModelSpec, np_feeds, refs) -> None:
+    """Store the verification inputs and PyTorch's outputs beside the artifacts, so ``edgeship verify`` can
+    re-check a folder without the model (like ExecuTorch's BundledProgram, for every format)."""
+    arrays = {f"input__{i.name}": np.stack([f[k] for f in np_feeds]) for k, i in enumerate(spec.inputs)}
+    arrays |= {f"output__{k}": np.stack([r[k] for r in refs]) for k in range(len(refs[0]))}
+    tmp = folder / (REFERENCE_FILE + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(folder / REFERENCE_FILE)
+
+
+def load_reference(folder: Path, manifest: dict) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+    path = folder / REFERENCE_FILE
+    if not path.is_file():
+        raise EdgeshipError(f"{folder} has no {REFERENCE_FILE} with reference inputs and outputs",
+                            hint="re-export the folder with this edgeship version")
+    with np.load(path) as z:
+        ins = [z[f"input__{i['name']}"] for i in manifest["inputs"]]
+        outs = [z[f"output__{k}"] for k in range(len(manifest["outputs"]))]
+    n = len(ins[0])
+    return [[a[j] for a in ins] for j in range(n)], [[a[j] for a in outs] for j in range(n)]
+
+
+def verify_folder(folder: Path, on_event: Event | None = None) -> dict:
+    """Re-run the parity checks of an export folder on its stored reference inputs and outputs; checks every
+    artifact's sha256 against the manifest first. Updates report.json in place (atomically); returns it."""
+    on_event = on_event or (lambda *a: None)
+    folder = Path(folder)
+    manifest = manifest_mod.load(folder)
+    feeds, refs = load_reference(folder, manifest)
+    report = report_mod.load(folder)
+    by_key = {a["key"]: a for a in report["artifacts"]}
+    classifier = manifest["task"].endswith("classification")
+    for art in manifest["artifacts"]:
+        key = f"{art['format']}:{art['precision']}"
+        on_event(key, "verify", {"path": art["path"]})
+        path = folder / art["path"]
+        entry = by_key.setdefault(key, {"key": key, "format": art["format"], "precision": art["precision"], "status": "ok"})
+        if not path.exists():
+            parity = verify.Parity("fail", *verify.tolerance(art["precision"]), reason=f"{art['path']} is missing")
+        elif sha256_path(path) != art["sha256"]:
+            parity = verify.Parity("fail", *verify.tolerance(art["precision"]), reason=f"{art['path']} changed since export (sha256 differs from manifest.json)")
+        else:
+            parity = verify.check_artifact(path, art["format"], art["precision"], feeds, refs, classifier)
+        entry["parity"] = parity.to_dict()
+        on_event(key, "done", {"parity": entry["parity"]})
+    report["artifacts"] = list(by_key.values())
+    report_mod.write(folder, report)
+    return report

@@ -1,0 +1,132 @@
+"""report.json (what we measured) and report.html (the same for people, with plots), rewritten together."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ._io import write_json_atomic, write_text_atomic
+from .errors import EdgeshipError
+from .manifest import tool_versions
+from .verify import TOLERANCES
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = "1.0"
+
+
+def new_report(spec, manifest: dict, artifacts: list[dict], verify_samples: int) -> dict:
+    params = sum(p.numel() for p in spec.module.parameters())
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": spec.name,
+        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "tools": tool_versions(),
+        "model": {"name": spec.name, "task": spec.task, "parameters": params, "inputs": manifest["inputs"],
+                  "outputs": manifest["outputs"]},
+        "verify": {"samples": verify_samples, "tolerances": {k: {"metric": m, "threshold": t} for k, (m, t) in TOLERANCES.items()}},
+        "artifacts": artifacts,
+        "bench": [],
+    }
+
+
+def load(folder: Path) -> dict:
+    path = Path(folder) / "report.json"
+    if not path.is_file():
+        raise EdgeshipError(f"{folder} has no report.json", hint="is this an edgeship export folder? make one with: edgeship export")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise EdgeshipError(f"{path} is not valid JSON: {e}") from e
+
+
+def write(folder: Path, report: dict) -> None:
+    folder = Path(folder)
+    write_json_atomic(folder / "report.json", report)
+    write_text_atomic(folder / "report.html", render_html(report))
+
+
+def _fmt_size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def parity_text(parity: dict | None) -> str:
+    if not parity:
+        return "—"
+    if parity["status"] == "not run":
+        return f"not run: {parity.get('reason')}"
+    v = parity.get("value")
+    fig = "—" if v is None else (f"cos {v:.6f}" if parity["metric"] == "cosine" else f"SQNR {v:.1f} dB")
+    extra = f" max|Δ| {parity['max_abs']:.1e}" if parity.get("max_abs") is not None else ""
+    top1 = f" top-1 {parity['top1_agreement']:.0%}" if parity.get("top1_agreement") is not None else ""
+    return f"{fig}{extra}{top1}"
+
+
+def _plot_png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(report: dict) -> list[tuple[str, str]]:
+    """(title, base64 PNG) pairs: sizes per artifact, and latency per artifact and device when benched."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    arts = [a for a in report.get("artifacts", []) if a.get("size_bytes")]
+    if arts:
+        fig, ax = plt.subplots(figsize=(6, 0.4 * len(arts) + 1))
+        ax.barh([a["key"] for a in arts], [a["size_bytes"] / 1e6 for a in arts], color="#4c72b0")
+        ax.set_xlabel("file size (MB)")
+        ax.invert_yaxis()
+        out.append(("Artifact size", _plot_png(fig)))
+        plt.close(fig)
+    bench = [b for b in report.get("bench", []) if b.get("latency_ms")]
+    if bench:
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(bench) + 1))
+        labels = [f"{b['artifact']} @ {b['device']}" for b in bench]
+        p50 = [b["latency_ms"]["p50"] for b in bench]
+        lo = [b["latency_ms"]["p50"] - b["latency_ms"]["min"] for b in bench]
+        hi = [b["latency_ms"]["p99"] - b["latency_ms"]["p50"] for b in bench]
+        ax.barh(labels, p50, xerr=[lo, hi], color="#55a868", capsize=3)
+        ax.set_xlabel("latency p50 (ms); whiskers: min and p99")
+        ax.invert_yaxis()
+        out.append(("Latency per artifact and device", _plot_png(fig)))
+        plt.close(fig)
+    return out
+
+
+def render_html(report: dict) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(a['key'])}</td><td>{e(a.get('status', ''))}</td><td>{e(a.get('path') or '—')}</td>"
+        f"<td>{_fmt_size(a.get('size_bytes'))}</td><td>{a.get('export_s') or '—'}</td>"
+        f"<td>{e(parity_text(a.get('parity')))}</td><td>{e(a.get('error') or '; '.join(a.get('notes', [])))}</td></tr>"
+        for a in report.get("artifacts", []))
+    bench_rows = "".join(
+        f"<tr><td>{e(b['artifact'])}</td><td>{e(b['device'])}</td><td>{b.get('threads')}</td>"
+        + "".join(f"<td>{b['latency_ms'][k]:.3f}</td>" for k in ("p50", "p90", "p99"))
+        + f"<td>{b.get('load_ms', 0):.1f}</td><td>{b.get('first_run_ms', 0):.2f}</td><td>{b.get('peak_rss_mb', 0):.1f}</td>"
+        f"<td>{e(str((b.get('energy') or {}).get('mj_per_inference', (b.get('energy') or {}).get('reason', '—'))))}</td></tr>"
+        for b in report.get("bench", []) if b.get("latency_ms"))
+    imgs = "".join(f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{png}'/>" for t, png in plots(report))
+    tools = ", ".join(f"{k} {v}" for k, v in report.get("tools", {}).items() if v)
+    bench_html = ("<h2>Benchmarks</h2><table><tr><th>artifact</th><th>device</th><th>threads</th><th>p50 ms</th><th>p90 ms</th>"
+                  f"<th>p99 ms</th><th>load ms</th><th>first run ms</th><th>peak RSS MB</th><th>energy mJ/inf</th></tr>{bench_rows}</table>"
+                  if bench_rows else "")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgeship report: {e(report.get('name', ''))}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px;text-align:left}}th{{background:#f3f3f3}}</style></head><body>
+<h1>edgeship report: {e(report.get('name', ''))}</h1>
+<p>created {e(report.get('created', ''))}; parameters {report.get('model', {}).get('parameters', '—')};
+parity on {report.get('verify', {}).get('samples', '—')} inputs</p>
+<h2>Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>file</th><th>size</th><th>export s</th><th>parity</th><th>notes</th></tr>{rows}</table>
+{bench_html}{imgs}<p style="color:#666;font-size:12px">tools: {e(tools)}</p></body></html>
+"""

@@ -1,0 +1,137 @@
+"""Parity metrics and the tolerance policy: the one place where thresholds live.
+
+An artifact passes when, on every verification input, its outputs agree with the PyTorch reference within
+the tolerance of its precision. Thresholds are reported with the figures and never loosened silently.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# precision -> (metric, threshold). fp32: cosine; fp16: cosine; int8 and weight-compressed: SQNR in dB.
+TOLERANCES: dict[str, tuple[str, float]] = {
+    "fp32": ("cosine", 0.9999),
+    "fp16": ("cosine", 0.999),
+    "int8": ("sqnr_db", 20.0),
+    "w8": ("sqnr_db", 20.0),
+    "w6": ("sqnr_db", 15.0),
+    "w4": ("sqnr_db", 10.0),
+}
+
+
+def tolerance(precision: str) -> tuple[str, float]:
+    return TOLERANCES.get(precision, TOLERANCES["int8"])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of ``got`` against ``ref`` in dB (inf when identical)."""
+    ref, got = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    noise = np.sum((ref - got) ** 2)
+    if noise == 0:
+        return float("inf")
+    return float(10 * np.log10(np.sum(ref ** 2) / noise))
+
+
+@dataclass
+class Parity:
+    """The outcome of one artifact's parity check. ``status``: pass | fail | not run."""
+
+    status: str
+    metric: str
+    threshold: float
+    value: float | None = None
+    max_abs: float | None = None
+    cosine: float | None = None
+    sqnr_db: float | None = None
+    top1_agreement: float | None = None
+    samples: int = 0
+    reason: str | None = None
+    runtime: str | None = None
+    runtime_version: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) and k != "sqnr_db" else v) for k, v in d.items()}
+
+
+def compare(refs: Sequence[Sequence[np.ndarray]], gots: Sequence[Sequence[np.ndarray]], precision: str,
+            classifier: bool = False) -> Parity:
+    """Compare per-sample output lists. Metrics are taken over all outputs of all samples together;
+    cosine is the worst sample's."""
+    metric, threshold = tolerance(precision)
+    if len(refs) != len(gots) or not refs:
+        raise ValueError("compare() needs the same non-zero number of reference and artifact samples")
+    max_abs, cos_worst, agree = 0.0, 1.0, []
+    r_all, g_all = [], []
+    for ref, got in zip(refs, gots):
+        if len(ref) != len(got):
+            return Parity("fail", metric, threshold, samples=len(refs),
+                          reason=f"artifact gives {len(got)} outputs, PyTorch gives {len(ref)}")
+        for r, g in zip(ref, got):
+            r = np.asarray(r, dtype=np.float32)
+            g = np.asarray(g, dtype=np.float32)
+            if r.size != g.size:
+                return Parity("fail", metric, threshold, samples=len(refs),
+                              reason=f"output shape {list(g.shape)} differs from PyTorch's {list(r.shape)}")
+            g = g.reshape(r.shape)
+            if not np.all(np.isfinite(g)):
+                return Parity("fail", metric, threshold, samples=len(refs), reason="artifact output has NaN or inf")
+            max_abs = max(max_abs, float(np.max(np.abs(r - g))) if r.size else 0.0)
+            cos_worst = min(cos_worst, cosine(r, g))
+            r_all.append(r.ravel())
+            g_all.append(g.ravel())
+        if classifier:
+            agree.append(float(np.argmax(ref[0], axis=-1).ravel()[0] == np.argmax(got[0].reshape(ref[0].shape), axis=-1).ravel()[0]))
+    s = sqnr_db(np.concatenate(r_all), np.concatenate(g_all))
+    value = cos_worst if metric == "cosine" else s
+    ok = value >= threshold
+    return Parity("pass" if ok else "fail", metric, threshold, value=value, max_abs=max_abs, cosine=cos_worst,
+                  sqnr_db=s, top1_agreement=float(np.mean(agree)) if agree else None, samples=len(refs),
+                  reason=None if ok else f"{metric} {value:.6g} is below the {precision} threshold {threshold:g}")
+
+
+def not_run(precision: str, reason: str) -> Parity:
+    metric, threshold = tolerance(precision)
+    return Parity("not run", metric, threshold, reason=reason)
+
+
+def run_artifact(path: Path, feeds: Sequence[Sequence[np.ndarray]], threads: int | None = None) -> tuple[list[list[np.ndarray]], str, str]:
+    """Run ``path`` in its own runtime on each feed list; returns (outputs, runtime name, version)."""
+    from edgeship_runtime import open_runtime
+
+    rt = open_runtime(path, threads=threads)
+    return [rt.run(list(f)) for f in feeds], rt.name, rt.version
+
+
+def check_artifact(path: Path, fmt: str, precision: str, feeds: Sequence[Sequence[np.ndarray]],
+                   refs: Sequence[Sequence[np.ndarray]], classifier: bool) -> Parity:
+    """Run the artifact in its real runtime on ``feeds`` and compare against ``refs``."""
+    from edgeship_runtime import RuntimeUnavailable
+
+    if fmt == "coreml" and platform.system() != "Darwin":
+        return not_run(precision, "needs macOS: Core ML prediction runs only there")
+    try:
+        gots, name, version = run_artifact(path, feeds)
+    except RuntimeUnavailable as e:
+        return not_run(precision, f"{e}")
+    except Exception as e:  # noqa: BLE001 - a runtime failing on the artifact is a failed check, with its reason
+        metric, threshold = tolerance(precision)
+        return Parity("fail", metric, threshold, reason=f"the runtime failed to run it: {type(e).__name__}: {e}")
+    p = compare(refs, gots, precision, classifier)
+    p.runtime, p.runtime_version = name, version
+    return p
