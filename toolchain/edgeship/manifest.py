@@ -76,6 +76,8 @@ def build(spec, artifacts: list[dict], labels_file: str | None) -> dict:
     inputs = []
     for i in spec.inputs:
         entry = {"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "layout": i.layout}
+        if i.high is not None:
+            entry |= {"low": 0, "high": i.high}
         if spec.preprocess and i.layout in ("NCHW", "NHWC"):
             entry["preprocess"] = spec.preprocess
         inputs.append(entry)

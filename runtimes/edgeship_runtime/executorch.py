@@ -1,0 +1,65 @@
+"""ExecuTorch programs (.pte) in executorch.runtime, XNNPACK delegates included.
+
+executorch's Python runtime imports torch (its pybindings link libtorch, and ``executorch.runtime`` pulls in
+``executorch.exir``): this module imports it only when a model is opened, so ``import edgeship_runtime.executorch``
+stays torch-free. A .pte carries no tensor names: inputs are called input_0, input_1, ... in forward()'s order.
+
+Threads: the XNNPACK delegate and the portable kernels share ExecuTorch's process-wide threadpool; ``threads``
+resets it (``_unsafe_reset_threadpool``, before the program is loaded) for the whole process.
+"""
+from __future__ import annotations
+
+from typing import Any, List
+
+import numpy as np
+
+from .base import Runtime, RuntimeUnavailable, TensorInfo
+
+# c10::ScalarType codes (executorch/runtime/core/portable_type/scalar_type.h) -> numpy dtype names
+_SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32",
+                 7: "float64", 11: "bool"}
+
+
+class ExecuTorchRuntime(Runtime):
+    """Options: ``method`` (default "forward")."""
+
+    name = "executorch"
+    install_hint = "pip install executorch"
+
+    @classmethod
+    def import_backend(cls) -> Any:
+        try:
+            import executorch.runtime  # loads torch and the compiled runtime (portable_lib)
+        except ImportError as e:
+            raise RuntimeUnavailable(f"executorch is not installed ({e})", hint=cls.install_hint) from e
+        return executorch.runtime
+
+    def _version(self) -> str:
+        from executorch import version
+        return str(version.__version__)
+
+    def _load(self) -> None:
+        import torch  # executorch.runtime has imported it already; its methods take and return torch tensors
+        from executorch.extension.pybindings import portable_lib
+
+        self._torch = torch
+        if self.threads is not None:
+            portable_lib._unsafe_reset_threadpool(self.threads)
+        self.threads = int(portable_lib._threadpool_get_thread_count())
+        self.program = self.backend.Runtime.get().load_program(str(self.path))
+        method = self.opts.get("method", "forward")
+        if method not in self.program.method_names:
+            raise ValueError(f"{self.path.name} has no method {method!r}; it has {sorted(self.program.method_names)}")
+        self.method = self.program.load_method(method)
+        meta = self.method.metadata
+        self.inputs = [_info(f"input_{k}", meta.input_tensor_meta(k)) for k in range(meta.num_inputs())]
+        self.outputs = [_info(f"output_{k}", meta.output_tensor_meta(k)) for k in range(meta.num_outputs())]
+
+    def _run(self, arrays: List[np.ndarray]) -> List[np.ndarray]:
+        outs = self.method.execute([self._torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays])
+        return [o.numpy() if hasattr(o, "numpy") else np.asarray(o) for o in outs]
+
+
+def _info(name: str, meta: Any) -> TensorInfo:
+    code = int(meta.dtype())
+    return TensorInfo(name, tuple(int(s) for s in meta.sizes()), _SCALAR_TYPES.get(code, f"scalar_type_{code}"))
