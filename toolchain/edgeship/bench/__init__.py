@@ -1,0 +1,1 @@
+"""Benchmarks on devices: devices.py (local, ssh://, adb), energy.py, harness.py."""
