@@ -145,6 +145,106 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
     console.print(f"python {rows['python']} on {rows['platform']}")
 
 
+def _threads(text: str | None) -> list[int | None]:
+    if not text:
+        return [None]
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise EdgeshipError(f"--threads {text!r} is not a number or a comma-separated list", hint="e.g. --threads 4 or --threads 1,2") from None
+
+
+@app.command()
+def bench(
+    folder: Path = typer.Argument(..., help="an export folder (edgeship export --out FOLDER)"),
+    device: str = typer.Option("local", "--device", "-d", help="local | ssh://user@host[:port] | adb[:SERIAL]"),
+    runs: int = typer.Option(100, "--runs", help="timed inferences per artifact"),
+    warmup: int = typer.Option(10, "--warmup", help="untimed inferences first"),
+    threads: Optional[str] = typer.Option(None, "--threads", help="runtime threads; a comma list benches each (e.g. 1,2)"),
+    rounds: int = typer.Option(1, "--rounds", help="repeat in alternating order; the median round is reported"),
+    cooldown: float = typer.Option(0.0, "--cooldown", help="seconds to rest between artifacts"),
+    affinity: Optional[str] = typer.Option(None, "--affinity", help="CPU list for taskset on the device, e.g. 4-7 (big cores)"),
+    formats: Optional[str] = typer.Option(None, "--formats", "-f", help="only these formats"),
+    precision: Optional[str] = typer.Option(None, "--precision", "-p", help="only these precisions (comma-separated)"),
+    energy: str = typer.Option("auto", "--energy", help="auto (battery / PMIC / --power-cmd where present) or off"),
+    power_cmd: Optional[str] = typer.Option(None, "--power-cmd", help="host command printing watts (external meter)"),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file for ssh:// devices"),
+    python: Optional[str] = typer.Option(None, "--python", help="python interpreter on the device (default: python3)"),
+    as_json: bool = typer.Option(False, "--json", help="print the new bench entries as JSON"),
+):
+    """Benchmark every artifact of FOLDER on a device: latency percentiles, memory, energy; appended to report.json."""
+    from . import export as export_mod
+    from .bench.devices import parse_device
+    from .bench.harness import BenchOptions, bench_folder
+
+    opts = BenchOptions(runs, warmup, _threads(threads), rounds, cooldown, affinity,
+                        export_mod.parse_formats(formats) if formats else None,
+                        [p.strip() for p in precision.split(",")] if precision else None, energy, power_cmd)
+    dev = parse_device(device, ssh_config=ssh_config, python=python)
+    with err_console.status(f"benchmarking on {dev.id}") as status:
+        def on_event(key, stage, info):
+            if stage == "run":
+                status.update(f"{key}: round {info['round']}, threads {info['threads'] or 'default'} on {dev.id}")
+        entries = bench_folder(folder, dev, opts, on_event)
+    if as_json:
+        print(json.dumps(entries, indent=2))
+    else:
+        console.print(_bench_table(entries, f"bench {folder} on {dev.id}"))
+        reasons = {(e.get("energy") or {}).get("reason") for e in entries if e["status"] == "ok"} - {None}
+        for r in sorted(reasons):
+            console.print(f"* energy not available: {escape(r)}")
+    raise typer.Exit(0 if all(e["status"] in ("ok", "skipped") for e in entries) else 1)
+
+
+def _bench_table(entries: list[dict], title: str) -> Table:
+    from .report import _fmt_size
+    t = Table(title=title)
+    for col in ("artifact", "size", "threads", "load ms", "first ms", "p50 ms", "p90 ms", "p99 ms", "cv", "peak RSS MB", "energy mJ/inf", "status"):
+        t.add_column(col)
+    for e in entries:
+        if e["status"] != "ok":
+            t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), *[""] * 9, f"[{_status_style('not run' if e['status'] == 'skipped' else 'failed')}]{e['status']}[/]: {escape(e.get('reason') or '')}")
+            continue
+        lat, en = e["latency_ms"], e.get("energy") or {}
+        cv = f"{e['cv']:.1%}" + (" [red]high[/]" if e.get("cv_flag") else "")
+        energy_txt = f"{en['mj_per_inference']:.3f}" if en.get("mj_per_inference") is not None else "n/a*"
+        t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), str(e.get("threads")), f"{e['load_ms']:.1f}", f"{e['first_run_ms']:.2f}",
+                  f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", cv, f"{e['peak_rss_mb']:.1f}", energy_txt, "[green]ok[/]")
+    return t
+
+
+@app.command()
+def devices(ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (default ~/.ssh/config)"),
+            probe: bool = typer.Option(True, "--probe/--no-probe", help="connect to each ready device and list its runtimes"),
+            as_json: bool = typer.Option(False, "--json")):
+    """List the devices edgeship can bench on (local, attached adb devices, ssh config hosts) and what each can run."""
+    from dataclasses import asdict
+
+    from .bench.devices import list_devices, parse_device
+    rows = [asdict(r) for r in list_devices(ssh_config=ssh_config)]
+    for r in rows:
+        r["runtimes"] = None
+        if probe and r["state"] in ("ready", "device", "configured"):
+            try:
+                info = parse_device(r["id"] if r["kind"] != "adb" else f"adb:{r['id']}", ssh_config=ssh_config).info()
+                r["runtimes"] = {k: v for k, v in info.runtimes.items()}
+                r["missing"] = info.missing
+            except EdgeshipError as e:
+                r["probe_error"] = e.message
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title="devices")
+    for col in ("device", "kind", "state", "description", "can run"):
+        t.add_column(col)
+    for r in rows:
+        can = "—" if r["runtimes"] is None else ", ".join(f"{k} {v}" for k, v in r["runtimes"].items() if v) or "nothing"
+        if r.get("probe_error"):
+            can = f"[red]{escape(r['probe_error'])}[/]"
+        t.add_row(escape(r["id"]), r["kind"], r["state"], escape(r["description"]), can)
+    console.print(t)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)   # click returns typer.Exit's code instead of raising it here
