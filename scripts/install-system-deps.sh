@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the system tools the device tests drive for real: OpenSSH (server + client) for the
 # ssh:// path and the adb client for the Android path. Idempotent: exits 0 at once when every
-# tool is already there; otherwise runs `apt-get update` once and installs what is missing.
+# tool is already there (kotlin + junit4 compile and test android-demo's core); otherwise runs `apt-get update` once and installs what is missing.
 # CI runs this, then sets EDGESHIP_REQUIRE_SYSTEM_TOOLS=1 so the tests fail instead of skipping.
 set -euo pipefail
 
@@ -12,6 +12,8 @@ declare -A PKG=(
   [scp]=openssh-client
   [ssh-keygen]=openssh-client
   [adb]=adb
+  [kotlinc]=kotlin                      # compiles and tests android-demo's pure-Kotlin core
+  [/usr/share/java/junit4.jar]=junit4
 )
 
 missing=()
@@ -24,7 +26,7 @@ for bin in "${!PKG[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "install-system-deps: openssh-server, openssh-client and adb are already installed"
+  echo "install-system-deps: openssh-server, openssh-client, adb, kotlin and junit4 are already installed"
   exit 0
 fi
 

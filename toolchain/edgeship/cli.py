@@ -85,25 +85,44 @@ def export(
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help=".npz with extra verification inputs (one array per input name, or 'x')"),
     samples: int = typer.Option(5, "--samples", help="random verification inputs (fixed seed)"),
     check_determinism: bool = typer.Option(False, "--check-determinism", help="export each artifact twice and compare bytes"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="int8 calibration DATA: digits, an image folder, an .npz, or file.py:factory"),
+    calib_samples: int = typer.Option(128, "--calib-samples", help="calibration examples to use"),
+    eval_data: Optional[str] = typer.Option(None, "--eval", help="labelled DATA: accuracy of every artifact in its own runtime"),
     name: Optional[str] = typer.Option(None, "--name", help="model name in the manifest (default: the factory's name)"),
     force: bool = typer.Option(False, "--force", help="replace an existing edgeship output folder"),
     as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
 ):
     """Export MODEL to every format, verify each artifact in its runtime, write manifest.json and report.json."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, BarColumn, TimeElapsedColumn
-
     from . import export as export_mod
     from .model import load, parse_input
-    from .pipeline import ExportOptions, prepare_out, run_export
+    from .pipeline import ExportOptions, check_precisions, prepare_out
 
     fmts = export_mod.parse_formats(formats)
-    precisions = [p.strip() for p in precision.split(",") if p.strip()]
+    precisions = check_precisions(precision)
     prepare_out(out, force)            # refuse early, before any long work
     spec = load(model, [parse_input(t) for t in input], name=name)
     opts = ExportOptions(fmts, precisions, samples, verify_data, check_determinism, force)
+    _attach_data(opts, spec, calib, calib_samples, eval_data)
+    _run_and_print(spec, out, opts, as_json)
+
+
+def _attach_data(opts, spec, calib: str | None, calib_samples: int, eval_ref: str | None) -> None:
+    """Load --calib and --eval now, so a bad data set is reported before any export starts."""
+    from .compress.run import eval_split
+    from .data import load_data
+    if calib:
+        opts.calib = load_data(calib, spec, "train" if calib == "digits" else "all").calibration(calib_samples)
+    if eval_ref:
+        opts.eval_data = eval_split(eval_ref, spec)
+
+
+def _run_and_print(spec, out: Path, opts, as_json: bool, extra: dict | None = None) -> None:
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .pipeline import run_export
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err_console, transient=as_json, disable=as_json) as progress:
-        report = run_export(spec, out, opts, _progress_events(progress, {}))
+        report = run_export(spec, out, opts, _progress_events(progress, {}), extra=extra)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -112,6 +131,116 @@ def export(
             if a.get("status") == "failed" and a.get("hint"):
                 console.print(f"[red]{a['key']}[/]: {escape(a['error'])}\n  hint: {escape(a['hint'])}")
     raise typer.Exit(0 if _all_passed(report) else 1)
+
+
+def _training_progress():
+    """A rich progress bar per training stage, with loss and accuracy."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
+                        TimeElapsedColumn(), console=err_console)
+    tasks: dict[str, int] = {}
+
+    def on_progress(p):
+        if p.stage not in tasks:
+            tasks[p.stage] = progress.add_task(p.stage, total=p.epochs * p.steps, status="")
+        acc = f" val {p.val_accuracy:.2%}" if p.val_accuracy is not None else ""
+        progress.update(tasks[p.stage], completed=(p.epoch - 1) * p.steps + p.step,
+                        status=f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}{acc}")
+    return progress, on_progress
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help="the model to compress (the teacher, when the recipe distills)"),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="recipe.yaml, or a preset name: " + ", ".join(["mobile-int8", "pi-int8", "tiny", "digits-demo"])),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+    data: Optional[str] = typer.Option(None, "--data", help="training data (overrides the recipe's data:)"),
+    eval_data: Optional[str] = typer.Option(None, "--eval", help="labelled eval data (overrides the recipe's eval:)"),
+    input: list[str] = typer.Option([], "--input", "-i", help="NAME:SHAPE[:DTYPE] (repeatable)"),
+    name: Optional[str] = typer.Option(None, "--name"),
+    force: bool = typer.Option(False, "--force", help="replace an existing edgeship output folder"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Distill → prune → quantize → export, with accuracy measured after each stage and in every runtime."""
+    from . import recipe as recipe_mod
+    from .compress.run import compress_model
+    from .model import load, parse_input
+    from .pipeline import ExportOptions, prepare_out
+
+    rec = recipe_mod.load(recipe)
+    prepare_out(out, force)
+    spec = load(model, [parse_input(t) for t in input], name=name)
+    progress, on_progress = _training_progress()
+    with progress:
+        final, record, calib, eval_src = compress_model(spec, rec, data, eval_data, on_progress)
+    precisions = (["fp32"] if rec.export.fp32 else []) + ([rec.quantize.precision] if rec.quantize else [])
+    opts = ExportOptions(rec.export.formats, precisions or ["fp32"], force=force, eval_data=eval_src,
+                         calib=calib.calibration(rec.quantize.calib_samples) if (calib is not None and rec.quantize) else None)
+    if not as_json:
+        console.print(_stages_table(record["stages"]))
+    _run_and_print(final, out, opts, as_json, extra={"compression": record})
+
+
+def _stages_table(stages: list[dict]) -> Table:
+    t = Table(title="compression stages (PyTorch, eval set)")
+    for col in ("stage", "parameters", "MACs", "accuracy", "notes"):
+        t.add_column(col)
+    for s in stages:
+        notes = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items()
+                          if k not in ("stage", "parameters", "macs", "accuracy"))
+        acc = "—" if s["accuracy"] is None else f"{s['accuracy']:.2%}"
+        t.add_row(s["stage"], f"{s['parameters']:,}", f"{s['macs']:,}", acc, escape(notes))
+    return t
+
+
+@app.command()
+def sweep(
+    model: str = typer.Argument(...),
+    prune_: str = typer.Option("0,0.3,0.5,0.7,0.9", "--prune", help="sparsities to try, comma-separated, each in [0, 1)"),
+    eval_data: str = typer.Option(..., "--eval", help="labelled DATA: fine-tuned on its train split, measured on its held-out split"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    method: str = typer.Option("structured", "--method", help="structured or unstructured"),
+    finetune_epochs: int = typer.Option(5, "--finetune-epochs"),
+    train_epochs: int = typer.Option(0, "--train-epochs", help="train MODEL first (a model built in code is untrained)"),
+    input: list[str] = typer.Option([], "--input", "-i"),
+    force: bool = typer.Option(False, "--force"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Sparsity-vs-accuracy curve: prune to each sparsity, fine-tune, measure; writes sweep.png and report.json."""
+    from .compress.prune import check_sparsity, sweep as run_sweep
+    from .compress.run import data_splits, eval_split
+    from .model import load, parse_input
+    from .pipeline import prepare_out
+    from .sweep import write_sweep
+
+    try:
+        sparsities = [check_sparsity(float(x)) for x in prune_.split(",") if x.strip()]
+    except ValueError:
+        raise EdgeshipError(f"--prune {prune_!r} is not a comma-separated list of numbers", hint="e.g. --prune 0,0.3,0.5,0.7") from None
+    if method not in ("structured", "unstructured"):
+        raise EdgeshipError(f"--method must be structured or unstructured, got {method!r}")
+    prepare_out(out, force)
+    spec = load(model, [parse_input(t) for t in input])
+    train, val = data_splits(eval_data, spec)
+    test = eval_split(eval_data, spec)
+    progress, on_progress = _training_progress()
+    with progress:
+        if train_epochs:
+            from .compress.train import TrainConfig, train_classifier
+            train_classifier(spec.module, train, val, TrainConfig(epochs=train_epochs), progress=on_progress, stage="train")
+            spec.module.eval()
+        rows = run_sweep(spec, sparsities, train, val, finetune_epochs, method, eval_data=test, progress=on_progress)
+    result = write_sweep(out, spec, [r.as_dict() for r in rows], method, force)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    t = Table(title=f"{spec.name}: {method} pruning sweep ({len(test)} held-out examples)")
+    for col in ("sparsity", "parameters", "MACs", "accuracy"):
+        t.add_column(col)
+    for r in result["sweep"]:
+        t.add_row(f"{r['sparsity']:.2f}", f"{r['params']:,}", f"{r['macs']:,}", "—" if r["accuracy"] is None else f"{r['accuracy']:.2%}")
+    console.print(t)
+    console.print(f"plot: {out / 'sweep.png'}")
 
 
 @app.command()
@@ -143,6 +272,35 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
                   "[green]yes[/]" if r["run"] else f"[yellow]no[/]: {escape(r['run_reason'])}", r["versions"])
     console.print(t)
     console.print(f"python {rows['python']} on {rows['platform']}")
+
+
+@app.command()
+def package(
+    folder: Path = typer.Argument(..., help="an export folder"),
+    app_name: str = typer.Option(..., "--app", help="android | ios | pi"),
+    dest: Optional[Path] = typer.Option(None, "--dest", help="pi: the bundle folder (default <folder>-pi); android/ios: the model folder"),
+    app_root: Optional[Path] = typer.Option(None, "--app-root", help="the demo app's folder (default: android-demo / ios-demo of this repo)"),
+    formats: Optional[str] = typer.Option(None, "--formats", "-f", help="only these formats"),
+    precision: Optional[str] = typer.Option(None, "--precision", "-p", help="only these precisions"),
+    force: bool = typer.Option(False, "--force", help="replace files that packaging did not put there"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Copy an export's artifacts, manifest and labels into android-demo, ios-demo, or a Raspberry Pi bundle."""
+    from .package import package as do_package
+    res = do_package(folder, app_name, dest=dest, app_root=app_root, formats=formats, precision=precision, force=force)
+    if as_json:
+        print(json.dumps(res.to_dict(), indent=2, default=str))
+        return
+    t = Table(title=f"packaged {folder} for {app_name} -> {res.dest}")
+    t.add_column("file")
+    t.add_column("sha256")
+    for f, h in res.files.items():
+        t.add_row(escape(str(f)), h[:16] + "…")
+    console.print(t)
+    if res.archive:
+        console.print(f"archive: {res.archive}")
+    if res.removed:
+        console.print(f"removed from the previous packaging: {', '.join(map(str, res.removed))}")
 
 
 def _threads(text: str | None) -> list[int | None]:
