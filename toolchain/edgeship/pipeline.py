@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 import re
 import shutil
 import tempfile
@@ -38,7 +39,8 @@ class ExportOptions:
     verify_data: Path | None = None
     check_determinism: bool = False
     force: bool = False
-    calib: object = None
+    calib: object = None             # calibration inputs for int8: a DataSource or a list of input tuples
+    eval_data: object = None         # a labelled DataSource: accuracy of every artifact in its own runtime
 
 
 @dataclass
@@ -51,6 +53,7 @@ class ArtifactResult:
     export_s: float | None = None
     parity: dict | None = None
     deterministic: bool | None = None
+    accuracy: dict | None = None     # on the eval set, run in the artifact's own runtime
     notes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
     error: str | None = None
@@ -175,14 +178,22 @@ def artifact_io(path: Path) -> tuple[list[dict], list[dict]]:
     return [conv(t) for t in rt.inputs], [conv(t) for t in rt.outputs]
 
 
-def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event | None = None) -> dict:
+def check_precisions(text_or_list) -> list[str]:
+    items = [p.strip() for p in text_or_list.split(",")] if isinstance(text_or_list, str) else list(text_or_list)
+    items = [p for p in items if p]
+    bad = [p for p in items if p not in PRECISIONS]
+    if bad or not items:
+        raise EdgeshipError(f"unknown precision {', '.join(bad) or repr(text_or_list)}", hint=f"use one of {', '.join(PRECISIONS)}")
+    return items
+
+
+def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event | None = None,
+               extra: dict | None = None) -> dict:
     """Export ``spec`` to every format × precision in ``opts``, verify each, write the folder; returns report.json's dict."""
     on_event = on_event or (lambda *a: None)
     out = Path(out)
     prepare_out(out, opts.force)
-    for p in opts.precisions:
-        if p not in PRECISIONS:
-            raise EdgeshipError(f"unknown precision {p!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+    check_precisions(opts.precisions)
     feeds = verification_feeds(spec, opts.verify_samples, opts.verify_data)
     refs = [[t.numpy() for t in spec.reference(f)] for f in feeds]
     np_feeds = [[t.numpy() for t in f] for f in feeds]
@@ -217,6 +228,9 @@ def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event 
         manifest_mod.write(staging, manifest)
         report = report_mod.new_report(spec, manifest, [r.__dict__ | {"key": r.key} for r in results],
                                        verify_samples=len(feeds))
+        report.update(extra or {})
+        if opts.eval_data is not None and classifier:
+            report["eval"] = {"examples": len(opts.eval_data), "torch_fp32_top1": float(np.mean(eval_reference(spec, opts.eval_data) == opts.eval_data.y))}
         report_mod.write(staging, report)
         _swap_in(staging, out)
     except BaseException:
@@ -249,8 +263,47 @@ def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_eve
     on_event(key, "verify", {"path": rel})
     parity = verify.check_artifact(exported.path, fmt, exported.precision, np_feeds, refs, classifier)
     r.parity = parity.to_dict()
+    if opts.eval_data is not None and classifier:
+        on_event(key, "evaluate", {"path": rel})
+        r.accuracy = evaluate_artifact(exported.path, fmt, opts.eval_data, eval_reference(spec, opts.eval_data))
     on_event(key, "done", {"parity": r.parity})
     return r
+
+
+def eval_reference(spec: ModelSpec, data) -> np.ndarray:
+    """PyTorch's predicted classes on the eval set (cached on the DataSource: every artifact compares to them)."""
+    cached = getattr(data, "_edgeship_torch_pred", None)
+    if cached is None:
+        import torch
+        preds = []
+        with torch.no_grad():
+            for x, _ in data.batches(batch_size=1):
+                x = x if isinstance(x, tuple) else (x,)
+                preds.append(int(torch.argmax(spec.reference(x)[0], dim=-1).reshape(-1)[0]))
+        cached = np.asarray(preds)
+        data._edgeship_torch_pred = cached
+    return cached
+
+
+def evaluate_artifact(path: Path, fmt: str, data, torch_pred: np.ndarray) -> dict:
+    """Top-1 accuracy on ``data`` run in the artifact's own runtime, next to PyTorch fp32's, and their agreement."""
+    y = data.y
+    torch_acc = float(np.mean(torch_pred == y)) if y is not None else None
+    base = {"examples": len(data), "torch_fp32": torch_acc}
+    if fmt == "coreml" and platform.system() != "Darwin":
+        return base | {"status": "not run", "reason": "needs macOS: Core ML prediction runs only there"}
+    from edgeship_runtime import RuntimeUnavailable, open_runtime
+    try:
+        rt = open_runtime(path)
+        preds = np.asarray([int(np.argmax(rt.run([a[j:j + 1] for a in data.xs])[0].reshape(-1)))
+                            for j in range(len(data))])
+    except RuntimeUnavailable as e:
+        return base | {"status": "not run", "reason": str(e)}
+    except Exception as e:  # noqa: BLE001 - reported with the artifact, like a parity failure
+        return base | {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+    acc = float(np.mean(preds == y)) if y is not None else None
+    return base | {"status": "ok", "top1": acc, "agreement_with_torch": float(np.mean(preds == torch_pred)),
+                   "drop_points": None if acc is None else round(100 * (torch_acc - acc), 2)}
 
 
 REFERENCE_FILE = "reference.npz"

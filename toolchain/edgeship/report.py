@@ -67,6 +67,14 @@ def parity_text(parity: dict | None) -> str:
     return f"{fig}{extra}{top1}"
 
 
+def accuracy_text(acc: dict | None) -> str:
+    if not acc:
+        return "—"
+    if acc.get("status") != "ok":
+        return f"{acc.get('status')}: {acc.get('reason')}"
+    return f"{acc['top1']:.2%} (PyTorch {acc['torch_fp32']:.2%}, agree {acc['agreement_with_torch']:.1%})"
+
+
 def _plot_png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -108,7 +116,8 @@ def render_html(report: dict) -> str:
     rows = "".join(
         f"<tr><td>{e(a['key'])}</td><td>{e(a.get('status', ''))}</td><td>{e(a.get('path') or '—')}</td>"
         f"<td>{_fmt_size(a.get('size_bytes'))}</td><td>{a.get('export_s') or '—'}</td>"
-        f"<td>{e(parity_text(a.get('parity')))}</td><td>{e(a.get('error') or '; '.join(a.get('notes', [])))}</td></tr>"
+        f"<td>{e(parity_text(a.get('parity')))}</td><td>{e(accuracy_text(a.get('accuracy')))}</td>"
+        f"<td>{e(a.get('error') or '; '.join(a.get('notes', [])))}</td></tr>"
         for a in report.get("artifacts", []))
     bench_rows = "".join(
         f"<tr><td>{e(b['artifact'])}</td><td>{e(b['device'])}</td><td>{b.get('threads')}</td>"
@@ -118,6 +127,12 @@ def render_html(report: dict) -> str:
         for b in report.get("bench", []) if b.get("latency_ms"))
     imgs = "".join(f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{png}'/>" for t, png in plots(report))
     tools = ", ".join(f"{k} {v}" for k, v in report.get("tools", {}).items() if v)
+    stages = (report.get("compression") or {}).get("stages") or []
+    stages_html = ("<h2>Compression stages (PyTorch, eval set)</h2><table><tr><th>stage</th><th>parameters</th><th>MACs</th>"
+                   "<th>accuracy</th></tr>" + "".join(
+                       f"<tr><td>{e(s['stage'])}</td><td>{s['parameters']:,}</td><td>{s['macs']:,}</td>"
+                       f"<td>{'—' if s.get('accuracy') is None else format(s['accuracy'], '.2%')}</td></tr>" for s in stages)
+                   + "</table>") if stages else ""
     bench_html = ("<h2>Benchmarks</h2><table><tr><th>artifact</th><th>device</th><th>threads</th><th>p50 ms</th><th>p90 ms</th>"
                   f"<th>p99 ms</th><th>load ms</th><th>first run ms</th><th>peak RSS MB</th><th>energy mJ/inf</th></tr>{bench_rows}</table>"
                   if bench_rows else "")
@@ -127,6 +142,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px;text-align:left}}th{
 <h1>edgeship report: {e(report.get('name', ''))}</h1>
 <p>created {e(report.get('created', ''))}; parameters {report.get('model', {}).get('parameters', '—')};
 parity on {report.get('verify', {}).get('samples', '—')} inputs</p>
-<h2>Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>file</th><th>size</th><th>export s</th><th>parity</th><th>notes</th></tr>{rows}</table>
+<h2>Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>file</th><th>size</th><th>export s</th><th>parity</th><th>accuracy (eval set, own runtime)</th><th>notes</th></tr>{rows}</table>
+{stages_html}
 {bench_html}{imgs}<p style="color:#666;font-size:12px">tools: {e(tools)}</p></body></html>
 """

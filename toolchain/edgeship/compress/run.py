@@ -1,0 +1,115 @@
+"""`edgeship compress`: train (optional) → distill → prune → quantize → export, with each stage's cost measured.
+
+Every stage records parameters, MACs and accuracy on the eval set; the export then measures accuracy again in each
+artifact's own runtime. All of it lands in report.json under "compression", next to the artifacts.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from ..data import DataSource, load_data
+from ..errors import EdgeshipError
+from ..model import ModelSpec, load as load_model
+from ..recipe import Recipe, resolve_layers
+from .train import ProgressFn, TrainConfig, evaluate, train_classifier
+
+log = logging.getLogger(__name__)
+
+
+def data_splits(ref: str, spec: ModelSpec) -> tuple[DataSource, DataSource]:
+    """Train and validation splits of DATA (the fixed 60/20 of its examples)."""
+    return load_data(ref, spec, "train"), load_data(ref, spec, "val")
+
+
+def eval_split(ref: str, spec: ModelSpec) -> DataSource:
+    """The held-out data accuracy is reported on: the test split of a data set, else all of DATA."""
+    src = load_data(ref, spec, "test" if ref == "digits" else "all")
+    if src.y is None:
+        raise EdgeshipError(f"eval data {ref!r} has no labels", hint="accuracy needs labels: an image folder per class, or an .npz with y")
+    return src
+
+
+def _stage(name: str, spec: ModelSpec, eval_data: DataSource | None, **extra) -> dict:
+    from .prune import count_macs, count_params
+    row = {"stage": name, "parameters": count_params(spec.module), "macs": count_macs(spec.module, spec.example_inputs()),
+           "accuracy": evaluate(spec.module, eval_data) if eval_data is not None else None}
+    row.update(extra)
+    log.info("stage %s: %s", name, row)
+    return row
+
+
+def compress_model(spec: ModelSpec, recipe: Recipe, data_ref: str | None, eval_ref: str | None,
+                   progress: ProgressFn | None = None) -> tuple[ModelSpec, dict, DataSource | None, DataSource | None]:
+    """Run the torch → torch stages of ``recipe``; returns the final spec, the compression record, the
+    calibration source and the eval data."""
+    data_ref = data_ref or recipe.data
+    eval_ref = eval_ref or recipe.eval or data_ref
+    needs_data = recipe.train or recipe.distill or (recipe.prune and recipe.prune.finetune_epochs)
+    if needs_data and not data_ref:
+        raise EdgeshipError("this recipe trains or fine-tunes, but no data was given", hint="add --data DATA (e.g. digits) or `data:` to the recipe")
+    train = val = None
+    if data_ref:
+        train, val = data_splits(data_ref, spec)
+    eval_data = eval_split(eval_ref, spec) if eval_ref else None
+    record: dict = {"recipe": recipe.to_dict(), "data": data_ref, "eval": eval_ref, "stages": []}
+    stages = record["stages"]
+    teacher = spec
+    if recipe.train:
+        t = recipe.train
+        cfg = TrainConfig(t.epochs, t.lr, t.batch_size, t.seed, t.patience)
+        module = copy.deepcopy(spec.module)
+        fit = train_classifier(module, train, val, cfg, progress=progress, stage="train")
+        teacher = spec.with_module(module.eval())
+        stages.append(_stage("train", teacher, eval_data, epochs_run=fit.epochs_run))
+    else:
+        stages.append(_stage("input", teacher, eval_data))
+    current = teacher
+    if recipe.distill:
+        current = _distill(teacher, recipe, train, val, eval_data, stages, progress)
+    if recipe.prune:
+        current = _prune(current, recipe, train, val, eval_data, stages, progress)
+    calib = train if train is not None else None
+    return current, record, calib, eval_data
+
+
+def _distill(teacher, recipe: Recipe, train, val, eval_data, stages, progress) -> ModelSpec:
+    from .distill import DistillConfig, distill
+    from .prune import recalibrate_bn, shrink_width
+    d = recipe.distill
+    cfg = DistillConfig(d.temperature, d.alpha, d.epochs, d.lr, d.batch_size, d.seed, d.patience, d.feature_layers)
+    student = load_model(d.student, teacher.inputs) if d.student else None
+    result = distill(teacher, student, train, val, cfg, width_ratio=None if student else d.width, progress=progress)
+    distilled = result.spec
+    stages.append(_stage("distill", distilled, eval_data, temperature=d.temperature, alpha=d.alpha,
+                         student=d.student or f"teacher at width {d.width}"))
+    if d.baseline:
+        # the same student, trained on the labels alone for as many epochs: what the teacher adds
+        if student is not None:
+            base = teacher.with_module(copy.deepcopy(student.module))
+        else:
+            base = shrink_width(teacher, d.width)
+            recalibrate_bn(base.module, train)
+        cfg_b = TrainConfig(d.epochs, d.lr, d.batch_size, d.seed, d.patience)
+        train_classifier(base.module, train, val, cfg_b, progress=progress, stage="baseline")
+        stages.append(_stage("student-without-teacher", base.with_module(base.module.eval()), eval_data))
+    return distilled
+
+
+def _prune(current, recipe: Recipe, train, val, eval_data, stages, progress) -> ModelSpec:
+    from .prune import prune
+    p = recipe.prune
+    ignored = [n for n, v in resolve_layers(current.module, p.layers, p.sparsity).items() if v is None]
+    finetune = TrainConfig(p.finetune_epochs, p.lr) if p.finetune_epochs and train is not None else None
+    kw = {"steps": p.steps, "train": train, "val": val, "finetune": finetune, "progress": progress}
+    if p.method == "structured":
+        kw["ignored_layers"] = ignored
+    elif ignored:
+        raise EdgeshipError("prune.layers with null is supported for structured pruning only")
+    res = prune(current, p.sparsity, p.method, **kw)
+    stages.append(_stage(f"prune-{p.method}", res.spec, eval_data, sparsity_target=p.sparsity, sparsity=res.sparsity,
+                         macs_ratio=res.macs_ratio, params_ratio=res.params_ratio))
+    return res.spec
