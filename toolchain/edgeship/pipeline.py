@@ -27,7 +27,7 @@ from .export import EXPORTERS, Exported, effective_precisions, get_exporter
 from .model import ModelSpec
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8", "w8", "w6", "w4")
 Event = Callable[[str, str, dict], None]   # (artifact key, stage, info)
 
 
@@ -178,6 +178,36 @@ def artifact_io(path: Path) -> tuple[list[dict], list[dict]]:
     return [conv(t) for t in rt.inputs], [conv(t) for t in rt.outputs]
 
 
+def _without_pruning_hooks(spec: ModelSpec) -> tuple[ModelSpec, str | None]:
+    """Exporters see a copy with torch.nn.utils.prune's hooks made permanent: with the hooks left on, ExecuTorch
+    mis-lowers the layers they compute (wrong outputs, no error; the parity gate catches it, see tests)."""
+    from torch.nn.utils import prune as tprune
+    hooked = [n for n, m in spec.module.named_modules()
+              if any(isinstance(h, tprune.BasePruningMethod) for h in m._forward_pre_hooks.values())]
+    if not hooked:
+        return spec, None
+    import copy
+
+    def hooks(m):
+        return [h for h in m._forward_pre_hooks.values() if isinstance(h, tprune.BasePruningMethod)]
+    # The masked weight is a computed (non-leaf) tensor that deepcopy refuses: set it aside while copying.
+    stash = [(m, h._tensor_name, getattr(m, h._tensor_name)) for m in spec.module.modules() for h in hooks(m)]
+    try:
+        for m, name, _ in stash:
+            delattr(m, name)
+        module = copy.deepcopy(spec.module)
+    finally:
+        for m, name, value in stash:
+            setattr(m, name, value)
+    for m in module.modules():
+        for h in hooks(m):
+            setattr(m, h._tensor_name, h.apply_mask(m))
+            tprune.remove(m, h._tensor_name)
+    note = f"pruning hooks on {len(hooked)} layers were made permanent before export (your model is unchanged)"
+    log.info(note)
+    return spec.with_module(module.eval()), note
+
+
 def check_precisions(text_or_list) -> list[str]:
     items = [p.strip() for p in text_or_list.split(",")] if isinstance(text_or_list, str) else list(text_or_list)
     items = [p for p in items if p]
@@ -194,6 +224,7 @@ def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event 
     out = Path(out)
     prepare_out(out, opts.force)
     check_precisions(opts.precisions)
+    spec, hooks_note = _without_pruning_hooks(spec)
     feeds = verification_feeds(spec, opts.verify_samples, opts.verify_data)
     refs = [[t.numpy() for t in spec.reference(f)] for f in feeds]
     np_feeds = [[t.numpy() for t in f] for f in feeds]
@@ -229,6 +260,8 @@ def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event 
         report = report_mod.new_report(spec, manifest, [r.__dict__ | {"key": r.key} for r in results],
                                        verify_samples=len(feeds))
         report.update(extra or {})
+        if hooks_note:
+            report["notes"] = [hooks_note]
         if opts.eval_data is not None and classifier:
             report["eval"] = {"examples": len(opts.eval_data), "torch_fp32_top1": float(np.mean(eval_reference(spec, opts.eval_data) == opts.eval_data.y))}
         report_mod.write(staging, report)
