@@ -5,7 +5,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -332,6 +332,11 @@ def bench(
     power_cmd: Optional[str] = typer.Option(None, "--power-cmd", help="host command printing watts (external meter)"),
     ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file for ssh:// devices"),
     python: Optional[str] = typer.Option(None, "--python", help="python interpreter on the device (default: python3)"),
+    via: Optional[str] = typer.Option(None, "--via", help="python (the runner; default) | tool (native benchmark "
+                                      "binaries, see --tool; default when --tool is given) | app (the android-demo app)"),
+    tool: Optional[List[str]] = typer.Option(None, "--tool", help="FORMAT=PATH of a native benchmark binary built for "
+                                             "the device: tflite=benchmark_model, onnx=onnxruntime_perf_test, "
+                                             "executorch=executor_runner (repeatable)"),
     as_json: bool = typer.Option(False, "--json", help="print the new bench entries as JSON"),
 ):
     """Benchmark every artifact of FOLDER on a device: latency percentiles, memory, energy; appended to report.json."""
@@ -341,7 +346,8 @@ def bench(
 
     opts = BenchOptions(runs, warmup, _threads(threads), rounds, cooldown, affinity,
                         export_mod.parse_formats(formats) if formats else None,
-                        [p.strip() for p in precision.split(",")] if precision else None, energy, power_cmd)
+                        [p.strip() for p in precision.split(",")] if precision else None, energy, power_cmd,
+                        via=via or ("tool" if tool else "python"), tools=tool or None)
     dev = parse_device(device, ssh_config=ssh_config, python=python)
     with err_console.status(f"benchmarking on {dev.id}") as status:
         def on_event(key, stage, info):
@@ -368,10 +374,14 @@ def _bench_table(entries: list[dict], title: str) -> Table:
             t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), *[""] * 9, f"[{_status_style('not run' if e['status'] == 'skipped' else 'failed')}]{e['status']}[/]: {escape(e.get('reason') or '')}")
             continue
         lat, en = e["latency_ms"], e.get("energy") or {}
-        cv = f"{e['cv']:.1%}" + (" [red]high[/]" if e.get("cv_flag") else "")
+
+        def num(v, spec: str) -> str:   # native tools do not report every figure
+            return "—" if v is None else format(v, spec)
+        cv = num(e.get("cv"), ".1%") + (" [red]high[/]" if e.get("cv_flag") else "")
         energy_txt = f"{en['mj_per_inference']:.3f}" if en.get("mj_per_inference") is not None else "n/a*"
-        t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), str(e.get("threads")), f"{e['load_ms']:.1f}", f"{e['first_run_ms']:.2f}",
-                  f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", cv, f"{e['peak_rss_mb']:.1f}", energy_txt, "[green]ok[/]")
+        t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), str(e.get("threads")), num(e.get("load_ms"), ".1f"),
+                  num(e.get("first_run_ms"), ".2f"), num(lat.get("p50"), ".3f"), num(lat.get("p90"), ".3f"),
+                  num(lat.get("p99"), ".3f"), cv, num(e.get("peak_rss_mb"), ".1f"), energy_txt, "[green]ok[/]")
     return t
 
 
@@ -388,7 +398,7 @@ def devices(ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help
         r["runtimes"] = None
         if probe and r["state"] in ("ready", "device", "configured"):
             try:
-                info = parse_device(r["id"] if r["kind"] != "adb" else f"adb:{r['id']}", ssh_config=ssh_config).info()
+                info = parse_device(r["id"], ssh_config=ssh_config).info()
                 r["runtimes"] = {k: v for k, v in info.runtimes.items()}
                 r["missing"] = info.missing
             except EdgeshipError as e:

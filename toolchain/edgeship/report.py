@@ -75,6 +75,11 @@ def accuracy_text(acc: dict | None) -> str:
     return f"{acc['top1']:.2%} (PyTorch {acc['torch_fp32']:.2%}, agree {acc['agreement_with_torch']:.1%})"
 
 
+def _num(v, spec: str) -> str:
+    """A figure, or — where it is not known (native benchmark tools do not report every one)."""
+    return "—" if v is None else format(v, spec)
+
+
 def _plot_png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -96,13 +101,14 @@ def plots(report: dict) -> list[tuple[str, str]]:
         ax.invert_yaxis()
         out.append(("Artifact size", _plot_png(fig)))
         plt.close(fig)
-    bench = [b for b in report.get("bench", []) if b.get("latency_ms")]
+    # native benchmark tools may not report every percentile: plot what is known (no p50, no bar; no whisker end, none)
+    bench = [b for b in report.get("bench", []) if (b.get("latency_ms") or {}).get("p50") is not None]
     if bench:
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(bench) + 1))
         labels = [f"{b['artifact']} @ {b['device']}" for b in bench]
         p50 = [b["latency_ms"]["p50"] for b in bench]
-        lo = [b["latency_ms"]["p50"] - b["latency_ms"]["min"] for b in bench]
-        hi = [b["latency_ms"]["p99"] - b["latency_ms"]["p50"] for b in bench]
+        lo = [0.0 if b["latency_ms"].get("min") is None else b["latency_ms"]["p50"] - b["latency_ms"]["min"] for b in bench]
+        hi = [0.0 if b["latency_ms"].get("p99") is None else b["latency_ms"]["p99"] - b["latency_ms"]["p50"] for b in bench]
         ax.barh(labels, p50, xerr=[lo, hi], color="#55a868", capsize=3)
         ax.set_xlabel("latency p50 (ms); whiskers: min and p99")
         ax.invert_yaxis()
@@ -121,8 +127,8 @@ def render_html(report: dict) -> str:
         for a in report.get("artifacts", []))
     bench_rows = "".join(
         f"<tr><td>{e(b['artifact'])}</td><td>{e(b['device'])}</td><td>{b.get('threads')}</td>"
-        + "".join(f"<td>{b['latency_ms'][k]:.3f}</td>" for k in ("p50", "p90", "p99"))
-        + f"<td>{b.get('load_ms', 0):.1f}</td><td>{b.get('first_run_ms', 0):.2f}</td><td>{b.get('peak_rss_mb', 0):.1f}</td>"
+        + "".join(f"<td>{_num(b['latency_ms'].get(k), '.3f')}</td>" for k in ("p50", "p90", "p99"))
+        + f"<td>{_num(b.get('load_ms'), '.1f')}</td><td>{_num(b.get('first_run_ms'), '.2f')}</td><td>{_num(b.get('peak_rss_mb'), '.1f')}</td>"
         f"<td>{e(str((b.get('energy') or {}).get('mj_per_inference', (b.get('energy') or {}).get('reason', '—'))))}</td></tr>"
         for b in report.get("bench", []) if b.get("latency_ms"))
     imgs = "".join(f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{png}'/>" for t, png in plots(report))

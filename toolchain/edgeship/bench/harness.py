@@ -1,32 +1,41 @@
-"""Run the device-side runner on a Device for each artifact of an export folder; append results to report.json.
+"""Run a benchmark on a Device for each artifact of an export folder; append results to report.json.
 
-The runner (runtimes/edgeship_runtime, numpy + one runtime, no torch) is pushed as files with the artifacts
-and the manifest; nothing of ours is installed on the device. Variance controls: warmup, repeated rounds in
-alternating order, a cooldown between artifacts, optional CPU affinity and thread count; results whose
-coefficient of variation exceeds CV_FLAG are flagged.
+Three ways to measure (``BenchOptions.via``):
+
+* ``python`` (default): the runner (runtimes/edgeship_runtime, numpy + one runtime, no torch) is pushed as files
+  with the artifacts and the manifest and run with the device's python; nothing of ours is installed there.
+* ``tool``: the runtimes' native benchmark binaries (LiteRT ``benchmark_model``, ``onnxruntime_perf_test``,
+  ExecuTorch ``executor_runner``), given by host path in ``BenchOptions.tools``, are pushed with the artifacts,
+  made executable and run; their output is parsed into the runner's JSON (see :mod:`edgeship.bench.native`).
+  For phones and boards without Python.
+* ``app``: the android-demo app's benchmark mode (adb only); it runs the artifact packaged in its APK.
+
+Variance controls: warmup, repeated rounds in alternating order, a cooldown between artifacts, optional CPU
+affinity and thread count; results whose coefficient of variation exceeds CV_FLAG are flagged.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import shlex
-import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import edgeship_runtime
 
 from .. import manifest as manifest_mod
 from .. import report as report_mod
 from ..errors import EdgeshipError
+from . import native
 
 log = logging.getLogger(__name__)
 CV_FLAG = 0.10
 RUNNER_DIR = Path(edgeship_runtime.__file__).parent
 Event = Callable[[str, str, dict], None]
+VIAS = ("python", "tool", "app")
 
 
 @dataclass
@@ -42,6 +51,8 @@ class BenchOptions:
     energy: str = "auto"                 # auto | off
     power_cmd: str | None = None
     timeout_s: float = 900.0
+    via: str = "python"                  # python (the runner) | tool (native binaries) | app (android-demo)
+    tools: Mapping[str, str | Path] | None = None   # format -> native benchmark binary (or folder) on the host
 
     def __post_init__(self):
         if self.runs < 1 or self.warmup < 0 or self.rounds < 1:
@@ -50,6 +61,15 @@ class BenchOptions:
             raise EdgeshipError(f"--threads must be ≥ 1, got {list(self.threads)}")
         if self.energy not in ("auto", "off"):
             raise EdgeshipError(f"--energy must be auto or off, got {self.energy!r}")
+        if self.via not in VIAS:
+            raise EdgeshipError(f"--via must be one of {', '.join(VIAS)}, got {self.via!r}")
+        self.tools = native.parse_tool_specs(self.tools)     # checks formats and that the files exist
+        if self.via == "tool" and not self.tools:
+            raise EdgeshipError("--via tool needs at least one native benchmark binary",
+                                hint="--tool tflite=/path/to/benchmark_model (or onnx=.../onnxruntime_perf_test, "
+                                     "executorch=.../executor_runner), built for the device")
+        if self.tools and self.via != "tool":
+            raise EdgeshipError(f"--tool is used only with --via tool (got --via {self.via})")
 
 
 def select_artifacts(manifest: dict, opts: BenchOptions) -> list[dict]:
@@ -93,26 +113,91 @@ def _energy_source(device, opts: BenchOptions):
     return power_source(device, opts.power_cmd)
 
 
-def _measure(device, argv, d, opts: BenchOptions, source) -> tuple[dict, dict | None]:
+def _inferences(out: dict) -> int:
+    """Every inference the measured process made: the first run, the warm-up runs and the timed runs."""
+    return (1 if out.get("first_run_ms") is not None else 0) + int(out.get("warmup") or 0) + int(out.get("runs") or 0)
+
+
+def _measure(device, opts: BenchOptions, source, job: Callable[[], dict], what: str) -> tuple[dict, dict | None]:
+    """Run ``job`` (one benchmark process on the device; returns the runner-style dict) inside the energy window."""
     from .energy import EnergySampler
-    env = {"PYTHONPATH": d}
     if source is None or source.unavailable_reason():
-        cp = device.run(argv, timeout_s=opts.timeout_s, cwd=d, env=env)
+        out = job()
         energy = None if source is None else {"available": False, "method": "none", "reason": source.unavailable_reason()}
-    else:
-        with EnergySampler(source) as sampler:
-            sampler.measure_idle(2.0)
-            with sampler.window():
-                cp = device.run(argv, timeout_s=opts.timeout_s, cwd=d, env=env)
-            result = sampler.result(inferences=opts.runs + opts.warmup)
-        energy = result.to_dict()
-        energy.setdefault("notes", []).append("the window spans the runner process: load, warmup and runs; divided by warmup + runs")
-    try:
-        out = parse_runner_output(cp.stdout)
-    except ValueError:
-        raise EdgeshipError(f"the runner failed on {device.id} (exit {cp.returncode}): {(cp.stderr or cp.stdout).strip()[-800:]}",
-                            hint="run `edgeship devices` to see what the device can run") from None
+        return out, energy
+    with EnergySampler(source) as sampler:
+        sampler.measure_idle(2.0)
+        with sampler.window():
+            out = job()
+        n = _inferences(out)
+        result = sampler.result(inferences=max(n, 1))
+    energy = result.to_dict()
+    energy.setdefault("notes", []).append(f"the window spans the whole {what} process (load, first run, warm-up and "
+                                          f"timed runs); divided by all {n} inferences")
     return out, energy
+
+
+def _python_job(device, d: str, art: dict, opts: BenchOptions, threads: int | None) -> Callable[[], dict]:
+    def job() -> dict:
+        cp = device.run(_runner_argv(device, d, art, opts, threads), timeout_s=opts.timeout_s, cwd=d,
+                        env={"PYTHONPATH": d})
+        try:
+            return parse_runner_output(cp.stdout)
+        except ValueError:
+            raise EdgeshipError(f"the runner failed on {device.id} (exit {cp.returncode}): {(cp.stderr or cp.stdout).strip()[-800:]}",
+                                hint="run `edgeship devices` to see what the device can run") from None
+    return job
+
+
+def _tool_job(device, d: str, art: dict, opts: BenchOptions, threads: int | None, exe: str) -> Callable[[], dict]:
+    fmt = art["format"]
+
+    def job() -> dict:
+        return native.run_tool(device, fmt, exe, f"{d}/{art['path']}", runs=opts.runs, warmup=opts.warmup,
+                               threads=threads, timeout_s=opts.timeout_s, cwd=d,
+                               env={"LD_LIBRARY_PATH": exe.rsplit("/", 1)[0]}, affinity=opts.affinity)
+    return job
+
+
+def _app_job(device, art: dict, opts: BenchOptions, threads: int | None) -> Callable[[], dict]:
+    def job() -> dict:
+        return native.run_app(device, art["path"], runs=opts.runs, warmup=opts.warmup, threads=threads,
+                              timeout_s=opts.timeout_s)
+    return job
+
+
+def _why_not(art: dict, device, info, opts: BenchOptions) -> str | None:
+    """None when ``art`` can be benched ``opts.via`` on the device, else why not."""
+    fmt = art["format"]
+    if opts.via == "tool":
+        if fmt not in (opts.tools or {}):
+            known = native.TOOLS.get(fmt)
+            return (f"no native benchmark tool given for {fmt}" + (f" (--tool {fmt}=/path/to/{known.binary})" if known
+                                                                  else f": none is known for {fmt}"))
+        return None
+    if opts.via == "app":
+        return None if fmt in native.APP_FORMATS else f"the android-demo app has no {fmt} runtime"
+    if not info.runtimes.get(fmt):
+        return info.missing.get(fmt) or f"no {fmt} runtime on {device.id}"
+    return None
+
+
+def _push(device, d: str, folder: Path, runnable: list[dict], opts: BenchOptions) -> dict[str, str]:
+    """Put what the chosen way needs on the device; returns {format: executable} for native tools."""
+    exes: dict[str, str] = {}
+    if opts.via == "python":
+        device.push(RUNNER_DIR, f"{d}/edgeship_runtime")
+        device.push(folder / "manifest.json", f"{d}/manifest.json")
+    if opts.via == "tool":
+        for fmt in dict.fromkeys(a["format"] for a in runnable):
+            src, name = native.resolve_tool(fmt, Path(opts.tools[fmt]))
+            dest = f"{d}/tools/{fmt}"
+            device.push(src, f"{dest}/{name}" if src.is_file() else dest)
+            exes[fmt] = f"{dest}/{name}"
+            device.run(["chmod", "755", exes[fmt]], 60, check=True)
+    for a in runnable:
+        device.push(folder / a["path"], f"{d}/{a['path']}")
+    return exes
 
 
 def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | None = None) -> list[dict]:
@@ -122,42 +207,49 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
     manifest = manifest_mod.load(folder)
     report = report_mod.load(folder)
     arts = select_artifacts(manifest, opts)
+    if opts.via == "app" and getattr(device, "kind", None) != "adb":
+        raise EdgeshipError(f"--via app runs the android-demo app's benchmark mode: it needs an adb device, not {device.id}",
+                            hint="--device adb (the app installed with ./gradlew installDebug)")
     info = device.info()
     entries: list[dict] = []
     runnable = []
     for a in arts:
         key = f"{a['format']}:{a['precision']}"
-        if not info.runtimes.get(a["format"]):
-            reason = info.missing.get(a["format"]) or f"no {a['format']} runtime on {device.id}"
-            entries.append(_entry(device, info, a, None, status="skipped", reason=reason))
+        reason = _why_not(a, device, info, opts)
+        if reason:
+            entries.append(_entry(device, info, a, None, opts, status="skipped", reason=reason))
             on_event(key, "skipped", {"reason": reason})
         else:
             runnable.append(a)
     source = _energy_source(device, opts)
+    what = {"python": "runner", "tool": "benchmark tool", "app": "app"}[opts.via]
     results: dict[tuple[str, int | None], list[tuple[dict, dict | None]]] = {}
     if runnable:
-        with device.tempdir() as d:
-            device.push(RUNNER_DIR, f"{d}/edgeship_runtime")
-            device.push(folder / "manifest.json", f"{d}/manifest.json")
-            for a in runnable:
-                device.push(folder / a["path"], f"{d}/{a['path']}")
+        with (device.tempdir() if opts.via != "app" else contextlib.nullcontext("")) as d:
+            exes = _push(device, d, folder, runnable, opts) if opts.via != "app" else {}
             for rnd in range(opts.rounds):
                 order = runnable if rnd % 2 == 0 else runnable[::-1]    # alternate to spread drift and heat
                 for threads in opts.threads:
                     for a in order:
                         key = f"{a['format']}:{a['precision']}"
                         on_event(key, "run", {"round": rnd + 1, "threads": threads})
+                        if opts.via == "python":
+                            job = _python_job(device, d, a, opts, threads)
+                        elif opts.via == "tool":
+                            job = _tool_job(device, d, a, opts, threads, exes[a["format"]])
+                        else:
+                            job = _app_job(device, a, opts, threads)
                         try:
-                            out, energy = _measure(device, _runner_argv(device, d, a, opts, threads), d, opts, source)
+                            out, energy = _measure(device, opts, source, job, what)
                         except EdgeshipError as e:
-                            out, energy = {"error": e.message}, None
+                            out, energy = {"error": e.message + (f" (hint: {e.hint})" if e.hint else "")}, None
                         results.setdefault((a["path"], threads), []).append((out, energy))
                         if opts.cooldown_s:
                             time.sleep(opts.cooldown_s)
     for a in runnable:
         for threads in opts.threads:
             rounds = results[(a["path"], threads)]
-            entry = _merge_rounds(device, info, a, rounds)
+            entry = _merge_rounds(device, info, a, rounds, opts)
             entries.append(entry)
             on_event(f"{a['format']}:{a['precision']}", "done", entry)
     report.setdefault("bench", []).extend(entries)
@@ -165,28 +257,40 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
     return entries
 
 
-def _entry(device, info, art: dict, out: dict | None, status: str = "ok", reason: str | None = None) -> dict:
+def _entry(device, info, art: dict, out: dict | None, opts: BenchOptions, status: str = "ok",
+           reason: str | None = None) -> dict:
     e = {"artifact": f"{art['format']}:{art['precision']}", "path": art["path"], "format": art["format"],
          "precision": art["precision"], "size_bytes": art["size_bytes"], "device": device.id, "device_kind": info.kind,
          "device_info": {"os": info.os, "arch": info.arch, "cpu": info.cpu, "model": info.model,
                          "python_version": info.python_version, **{k: v for k, v in info.extra.items() if isinstance(v, (str, int, float))}},
-         "status": status, "reason": reason,
+         "via": opts.via, "status": status, "reason": reason,
          "timestamp": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
     return e
 
 
-def _merge_rounds(device, info, art: dict, rounds: list[tuple[dict, dict | None]]) -> dict:
+def _p50(out: dict) -> float:
+    lat = out.get("latency_ms") or {}
+    v = lat.get("p50")
+    return v if v is not None else (lat.get("mean") if lat.get("mean") is not None else float("inf"))
+
+
+def _merge_rounds(device, info, art: dict, rounds: list[tuple[dict, dict | None]], opts: BenchOptions) -> dict:
     good = [(o, en) for o, en in rounds if "error" not in o]
     if not good:
-        return _entry(device, info, art, None, status="failed", reason=rounds[0][0].get("error"))
-    # the round with the median p50 stands for the artifact; every round's p50 is kept
-    good.sort(key=lambda r: r[0]["latency_ms"]["p50"])
+        return _entry(device, info, art, None, opts, status="failed", reason=rounds[0][0].get("error"))
+    # the round with the median p50 (the mean where a tool reports no p50) stands for the artifact; every round's
+    # p50 is kept
+    good.sort(key=lambda r: _p50(r[0]))
     out, energy = good[len(good) // 2]
-    e = _entry(device, info, art, out)
+    e = _entry(device, info, art, out, opts)
     for k in ("runtime", "runtime_version", "threads", "runs", "warmup", "latency_ms", "cv", "load_ms", "first_run_ms",
               "peak_rss_mb", "load_rss_delta_mb", "inputs"):
         e[k] = out.get(k)
-    e["rounds_p50_ms"] = [o["latency_ms"]["p50"] for o, _ in good]
+    if out.get("tool"):
+        e["tool"] = out["tool"]
+    if out.get("notes"):
+        e["notes"] = list(out["notes"])
+    e["rounds_p50_ms"] = [(o.get("latency_ms") or {}).get("p50") for o, _ in good]
     e["cv_flag"] = bool(out.get("cv") is not None and out["cv"] > CV_FLAG)
     e["energy"] = energy if energy is not None else {"available": False, "method": "none", "reason": "energy measurement was off (--energy off)"}
     if len(good) < len(rounds):

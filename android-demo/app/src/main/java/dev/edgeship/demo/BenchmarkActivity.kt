@@ -2,6 +2,7 @@ package dev.edgeship.demo
 
 import android.app.Activity
 import android.os.Build
+import android.content.Intent
 import android.os.Bundle
 import android.util.Log
 import android.widget.TextView
@@ -26,10 +27,24 @@ import kotlin.concurrent.thread
  * previous one is deleted, so a file that exists is complete. The same JSON is logged with tag EdgeshipBench.
  */
 class BenchmarkActivity : Activity() {
+    private lateinit var view: TextView
+
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
-        val view = TextView(this).apply { setPadding(32, 32, 32, 32); text = "benchmarking…" }
+        view = TextView(this).apply { setPadding(32, 32, 32, 32); text = "benchmarking…" }
         setContentView(view)
+        start(intent)
+    }
+
+    // singleTask: a second `am start` reaches the running activity here, not in onCreate
+    override fun onNewIntent(intent: Intent) {
+        super.onNewIntent(intent)
+        setIntent(intent)
+        view.text = "benchmarking…"
+        start(intent)
+    }
+
+    private fun start(intent: Intent) {
         val model = intent.getStringExtra("model")
         val runs = intent.getIntExtra("runs", 50)
         val warmup = intent.getIntExtra("warmup", 5)
