@@ -114,7 +114,34 @@ def plots(report: dict) -> list[tuple[str, str]]:
         ax.invert_yaxis()
         out.append(("Latency per artifact and device", _plot_png(fig)))
         plt.close(fig)
+        fig = _tradeoff(plt, report, bench)
+        if fig is not None:
+            out.append(("Size vs latency (colour: accuracy in the artifact's runtime)", _plot_png(fig)))
+            plt.close(fig)
     return out
+
+
+def _tradeoff(plt, report: dict, bench: list[dict]):
+    """One point per benched artifact × device: file size against p50 latency, coloured by eval accuracy."""
+    acc = {a["key"]: (a.get("accuracy") or {}).get("top1") for a in report.get("artifacts", [])}
+    pts = [(b["size_bytes"] / 1e6, b["latency_ms"]["p50"], acc.get(b["artifact"]), f"{b['artifact']} @ {b['device']}")
+           for b in bench if b.get("size_bytes")]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    known = [p for p in pts if p[2] is not None]
+    if known:
+        sc = ax.scatter([p[0] for p in known], [p[1] for p in known], c=[100 * p[2] for p in known], cmap="viridis", s=60)
+        fig.colorbar(sc, ax=ax, label="top-1 accuracy (%)")
+    other = [p for p in pts if p[2] is None]
+    if other:
+        ax.scatter([p[0] for p in other], [p[1] for p in other], c="#999999", s=60, label="accuracy not measured")
+        ax.legend(loc="best", fontsize=8)
+    for x, y, _, label in pts:
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel("latency p50 (ms)")
+    return fig
 
 
 def render_html(report: dict) -> str:
