@@ -21,7 +21,9 @@ _SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "
 
 
 class ExecuTorchRuntime(Runtime):
-    """Options: ``method`` (default "forward")."""
+    """Options: ``method`` (default "forward"); ``etdump`` (True: the program records an ETDump of every
+    execution, for ``write_etdump``; needs a runtime built with the event tracer, as the pip wheel is) and
+    ``debug_buffer_size`` (bytes for intermediate outputs in the ETDump; default 0, timings only)."""
 
     name = "executorch"
     install_hint = "pip install executorch"
@@ -46,7 +48,11 @@ class ExecuTorchRuntime(Runtime):
         if self.threads is not None:
             portable_lib._unsafe_reset_threadpool(self.threads)
         self.threads = int(portable_lib._threadpool_get_thread_count())
-        self.program = self.backend.Runtime.get().load_program(str(self.path))
+        if self.opts.get("etdump"):
+            self.program = self.backend.Runtime.get().load_program(
+                str(self.path), enable_etdump=True, debug_buffer_size=int(self.opts.get("debug_buffer_size", 0)))
+        else:
+            self.program = self.backend.Runtime.get().load_program(str(self.path))
         method = self.opts.get("method", "forward")
         if method not in self.program.method_names:
             raise ValueError(f"{self.path.name} has no method {method!r}; it has {sorted(self.program.method_names)}")
@@ -58,6 +64,13 @@ class ExecuTorchRuntime(Runtime):
     def _run(self, arrays: List[np.ndarray]) -> List[np.ndarray]:
         outs = self.method.execute([self._torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays])
         return [o.numpy() if hasattr(o, "numpy") else np.asarray(o) for o in outs]
+
+    # --- profiling (``etdump=True``) ----------------------------------------------------------------------
+    def write_etdump(self, etdump_path: str, debug_buffer_path: str) -> None:
+        """Write the ETDump of every execution so far (and the debug buffer) to files, for the Inspector."""
+        if not self.opts.get("etdump"):
+            raise ValueError("open the program with etdump=True to record an ETDump")
+        self.program.write_etdump_result_to_file(str(etdump_path), str(debug_buffer_path))
 
 
 def _info(name: str, meta: Any) -> TensorInfo:

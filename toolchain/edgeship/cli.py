@@ -307,6 +307,38 @@ def package(
         console.print(f"removed from the previous packaging: {', '.join(map(str, res.removed))}")
 
 
+@app.command("profile")
+def profile_cmd(
+    model: Path = typer.Argument(..., help="one model file: .onnx, .tflite or .pte (e.g. dist/q/executorch/model.int8.pte)"),
+    device: str = typer.Option("local", "--device", "-d", help="local | ssh://user@host[:port] | adb[:SERIAL]"),
+    runs: int = typer.Option(20, "--runs", help="profiled inferences"),
+    warmup: int = typer.Option(3, "--warmup", help="untimed inferences first"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="runtime threads"),
+    top: Optional[int] = typer.Option(None, "--top", help="show only the N slowest ops"),
+    order: bool = typer.Option(False, "--order", help="execution order instead of slowest first"),
+    etrecord: Optional[Path] = typer.Option(None, "--etrecord", help="ExecuTorch: the ETRecord from export (aten ops per delegate)"),
+    benchmark_model: Optional[str] = typer.Option(None, "--benchmark-model", help="LiteRT: benchmark_model's path ON THE DEVICE, for per-op times"),
+    tool: Optional[Path] = typer.Option(None, "--tool", help="LiteRT: a benchmark_model binary on this host, pushed and run without python (phones)"),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file for ssh:// devices"),
+    python: Optional[str] = typer.Option(None, "--python", help="python interpreter on the device (default: python3)"),
+    as_json: bool = typer.Option(False, "--json", help="print the runner's JSON"),
+):
+    """Per-op profile in the runtime's own profiler: op, time, share, delegated or not, dtype; float ops in int8 models."""
+    from .bench.devices import parse_device
+    from .bench.profile import profile_artifact, profile_summary, profile_table
+
+    dev = parse_device(device, ssh_config=ssh_config, python=python)
+    with err_console.status(f"profiling {model.name} on {dev.id}"):
+        result = profile_artifact(model, dev, runs, warmup, threads, etrecord=etrecord,
+                                  benchmark_model=benchmark_model, tool=tool)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(profile_table(result, top=top, sort="order" if order else "time"))
+    for line in profile_summary(result):
+        console.print(escape(line))
+
+
 def _threads(text: str | None) -> list[int | None]:
     if not text:
         return [None]
