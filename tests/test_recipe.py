@@ -17,7 +17,7 @@ def test_presets_load_and_validate():
         r = recipe.load(name)
         assert r.export.formats
     demo = recipe.load("digits-demo")
-    assert demo.data == "digits" and demo.distill.width < 0.5 and demo.prune.sparsity == 0.5
+    assert demo.data == "digits" and demo.distill.width < 0.5 and demo.prune.sparsity == 0.3
     assert demo.quantize.precision == "int8"
 
 
