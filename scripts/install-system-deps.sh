@@ -19,7 +19,7 @@ declare -A PKG=(
 missing=()
 for bin in "${!PKG[@]}"; do
   if [[ "$bin" == /* ]]; then
-    [[ -x "$bin" ]] || missing+=("${PKG[$bin]}")
+    [[ -e "$bin" ]] || missing+=("${PKG[$bin]}")
   else
     command -v "$bin" >/dev/null 2>&1 || missing+=("${PKG[$bin]}")
   fi
