@@ -85,7 +85,7 @@ def export(
     input: list[str] = typer.Option([], "--input", "-i", help="NAME:SHAPE[:DTYPE], e.g. image:1x3x224x224 (repeatable)"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (refused if it exists and is not empty, unless --force)"),
     formats: Optional[str] = typer.Option(None, "--formats", "-f", help="comma-separated: onnx,tflite,executorch,coreml (default: all)"),
-    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32 or fp16 (comma-separated for several)"),
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16, int8, dynamic-int8, or Core ML weight compression w8|w6|w4 (comma-separated for several)"),
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help=".npz with extra verification inputs (one array per input name, or 'x')"),
     samples: int = typer.Option(5, "--samples", help="random verification inputs (fixed seed)"),
     check_determinism: bool = typer.Option(False, "--check-determinism", help="export each artifact twice and compare bytes"),

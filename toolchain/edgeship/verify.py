@@ -20,6 +20,7 @@ TOLERANCES: dict[str, tuple[str, float]] = {
     "fp32": ("cosine", 0.9999),
     "fp16": ("cosine", 0.999),
     "int8": ("sqnr_db", 20.0),
+    "dynamic-int8": ("sqnr_db", 20.0),
     "w8": ("sqnr_db", 20.0),
     "w6": ("sqnr_db", 15.0),
     "w4": ("sqnr_db", 10.0),

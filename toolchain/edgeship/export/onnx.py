@@ -1,9 +1,17 @@
-"""ONNX: torch.onnx (dynamo) -> onnx.checker -> optional onnxslim; runs in onnxruntime."""
+"""ONNX: torch.onnx (dynamo) -> onnx.checker -> optional onnxslim; runs in onnxruntime.
+
+int8: onnxruntime.quantization on the fp32 graph (after ``quant_pre_process``). Float inputs: static QDQ with
+per-channel int8 weights and int8 activations, calibrated (min/max first; percentile and entropy calibration when
+min/max misses the SQNR target, measured in onnxruntime). Integer inputs (token ids, transformer-style): dynamic
+quantization instead (int8 weights, activations quantized at run time), which measured 40 dB where static QDQ kept
+only 19.5-20 dB on the tiny transformer. ``dynamic-int8`` asks for the dynamic recipe on any model.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from ..errors import EdgeshipError
@@ -12,13 +20,15 @@ from . import Exported, artifact_name, require
 
 log = logging.getLogger(__name__)
 OPSET = 20
+INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                      "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul"})
 
 
 class OnnxExporter:
     format = "onnx"
     suffix = ".onnx"
     runtime = "onnxruntime"
-    precisions = frozenset({"fp32", "fp16"})
+    precisions = frozenset({"fp32", "fp16", "int8", "dynamic-int8"})
     extra = "all"
     module = "onnx"
 
@@ -49,9 +59,86 @@ class OnnxExporter:
         if self.simplify:
             model, note = _slim(model)
             notes.append(note)
+        if precision in ("int8", "dynamic-int8"):
+            model, qnotes, qdetails = _quantize(onnx, model, spec, precision, calib, out_dir)
+            notes += qnotes
+            details |= qdetails
         details["nodes_after"] = len(model.graph.node)
         _save(onnx, model, path)
         return Exported(path, precision, notes, details)
+
+
+def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path):
+    """onnxruntime int8 of the fp32 ``model``: returns (quantized model, notes, details)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                         quantize_dynamic, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..compress.quantize import (TARGET_DB, calibration_inputs, low_sqnr_note, pick_best, reference_outputs,
+                                     runtime_sqnr, tried_note)
+
+    integer_inputs = any(not i.dtype.startswith("float") for i in spec.inputs)
+    dynamic = precision == "dynamic-int8" or integer_inputs
+    notes, details = [], {}
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".int8-") as tmp:
+        fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
+        onnx.save_model(model, str(fp32))
+        try:
+            quant_pre_process(str(fp32), str(pre))
+        except Exception as e:  # noqa: BLE001 - pre-processing only helps; quantize the graph as it is
+            log.warning("onnxruntime quant_pre_process failed, quantizing without it: %s", e)
+            notes.append(f"quantized without quant_pre_process (it failed: {type(e).__name__})")
+            pre = fp32
+        if dynamic:
+            out = Path(tmp) / "dynamic.onnx"
+            # reduce_range: 7-bit weights. onnxruntime's x86 u8s8 int8 GEMM kernels can saturate with full 8-bit
+            # weights; on the tiny transformer 8-bit kept 12 dB SQNR, 7-bit 40 dB.
+            quantize_dynamic(str(pre), str(out), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
+            why = "the model takes integer inputs (token ids)" if integer_inputs and precision == "int8" else "requested"
+            notes.append(f"dynamic int8 (onnxruntime quantize_dynamic; {why}): per-channel int8 weights (7-bit range, "
+                         "reduce_range, to avoid saturation in x86 int8 kernels), activations quantized at run time, "
+                         "float32 I/O")
+            details["quantizer"] = "onnxruntime quantize_dynamic"
+            made = onnx.load(str(out))
+        else:
+            samples, cnotes = calibration_inputs(spec, calib)
+            notes += cnotes
+            names = [i.name for i in model.graph.input]
+            measure_on = samples[:8]
+            reference = reference_outputs(spec.module, measure_on)
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.rows = iter([{n: t.numpy() for n, t in zip(names, s)} for s in samples])
+
+                def get_next(self):
+                    return next(self.rows, None)
+
+            def static(method):
+                def make() -> Path:
+                    out = Path(tmp) / f"static-{method.name}.onnx"
+                    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                    calibrate_method=method)
+                    return out
+                return make
+
+            methods = (CalibrationMethod.MinMax, CalibrationMethod.Percentile, CalibrationMethod.Entropy)
+            path, kept, tried = pick_best([(m.name.lower(), static(m)) for m in methods],
+                                          lambda p: runtime_sqnr(p, measure_on, reference))
+            notes.append(f"static int8 (onnxruntime quantize_static, QDQ): per-channel int8 weights, per-tensor int8 "
+                         f"activations ({kept} calibration), float32 I/O")
+            if len(tried) > 1:
+                notes.append(tried_note(tried, kept))
+            if tried[kept] < TARGET_DB:
+                notes.append(low_sqnr_note(tried[kept]))
+            details |= {"quantizer": "onnxruntime quantize_static (QDQ)", "calibration": kept,
+                        "calibration_sqnr_db": tried, "calibration_samples": len(samples)}
+            made = onnx.load(str(path))
+    ops = Counter(n.op_type for n in made.graph.node)
+    details["int8_ops"] = {k: v for k, v in sorted(ops.items()) if k in INT8_OPS}
+    details["float_ops"] = {k: v for k, v in sorted(ops.items()) if k not in INT8_OPS}
+    return made, notes, details
 
 
 def _slim(model):

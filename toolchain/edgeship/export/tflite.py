@@ -1,8 +1,20 @@
-"""TFLite / LiteRT: litert-torch converts; ai-edge-quantizer casts weights for fp16; runs in ai-edge-litert."""
+"""TFLite / LiteRT: litert-torch converts; ai-edge-quantizer casts weights for fp16; runs in ai-edge-litert.
+
+int8 (full-integer static): litert-torch's own PT2E quantizer (per-channel symmetric int8 weights, per-tensor int8
+activations, histogram observer), calibrated, converted with ``QuantConfig(pt2e_quantizer=...)``. The .tflite is
+then measured in the LiteRT interpreter on the calibration inputs; below the int8 SQNR target, ai-edge-quantizer's
+``static_wi8_ai8`` on the fp32 .tflite is tried too and the better one is kept (measured on the tiny CNN and tiny
+transformer: PT2E 49.7 / 40.6 dB, ai-edge-quantizer 49.7 / 11.7 dB).
+
+dynamic-int8: ai-edge-quantizer ``dynamic_wi8_afp32`` on the fp32 .tflite (int8 weights, float activations
+quantized on the fly). PT2E dynamic int8 is not used: with an embedding it converts but fails at run time.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..model import ModelSpec
@@ -15,13 +27,14 @@ FP16_RECIPE = [{
     "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"}, "compute_precision": "FLOAT",
                   "explicit_dequantize": True},
 }]
+MEASURE_SAMPLES = 8   # calibration inputs the interpreter runs to measure an int8 candidate
 
 
 class TFLiteExporter:
     format = "tflite"
     suffix = ".tflite"
     runtime = "litert"
-    precisions = frozenset({"fp32", "fp16"})
+    precisions = frozenset({"fp32", "fp16", "int8", "dynamic-int8"})
     extra = "tflite"
     module = "litert_torch"
 
@@ -30,18 +43,107 @@ class TFLiteExporter:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / artifact_name(precision, self.suffix)
         tmp = path.with_name(path.name + ".tmp")
-        notes = []
-        model = litert_torch.convert(spec.module, spec.example_inputs())
-        model.export(str(tmp))
+        notes, details = [], {}
+        if precision == "int8":
+            notes, details = _static_int8(litert_torch, spec, calib, tmp)
+        else:
+            model = litert_torch.convert(spec.module, spec.example_inputs())
+            model.export(str(tmp))
         if any(i.dtype == "int64" for i in spec.inputs):
             notes.append("int64 inputs are int32 in the .tflite (cast token ids before calling)")
         if precision == "fp16":
-            from ai_edge_quantizer import quantizer as aeq
-            q = aeq.Quantizer(str(tmp))
-            q.load_quantization_recipe(FP16_RECIPE)
-            fp16 = tmp.with_name(tmp.name + ".fp16")
-            q.quantize().export_model(str(fp16), overwrite=True)
-            os.replace(fp16, tmp)
+            _apply_recipe(tmp, FP16_RECIPE)
             notes.append("fp16 weights (ai-edge-quantizer float casting), float32 compute and I/O")
+        if precision == "dynamic-int8":
+            from ai_edge_quantizer import recipe
+            _apply_recipe(tmp, recipe.dynamic_wi8_afp32())
+            details = _inspect(tmp)
+            notes.append("dynamic int8 (ai-edge-quantizer dynamic_wi8_afp32): per-channel int8 weights, float32 "
+                         "activations quantized on the fly, float32 I/O; run it with ai-edge-litert (tflite-runtime "
+                         "2.14 gives different results on such files)")
         os.replace(tmp, path)
-        return Exported(path, precision, notes, {})
+        return Exported(path, precision, notes, details)
+
+
+def _apply_recipe(path: Path, recipe, calibration: dict | None = None) -> None:
+    """Quantize the .tflite at ``path`` in place with an ai-edge-quantizer recipe (calibrating when it needs it)."""
+    from ai_edge_quantizer import quantizer as aeq
+    q = aeq.Quantizer(str(path))
+    q.load_quantization_recipe(recipe)
+    result = q.calibrate(calibration) if q.need_calibration else None
+    out = path.with_name(path.name + ".q")
+    q.quantize(result).export_model(str(out), overwrite=True)
+    os.replace(out, path)
+
+
+def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path) -> tuple[list[str], dict]:
+    """Full-integer static int8 into ``tmp``: PT2E first; ai-edge-quantizer static when PT2E misses the target."""
+    from ..compress.quantize import (TARGET_DB, calibration_inputs, low_sqnr_note, pick_best, quantize_pt2e,
+                                     reference_outputs, runtime_sqnr, tried_note)
+
+    samples, notes = calibration_inputs(spec, calib)
+    measure_on = samples[:MEASURE_SAMPLES]
+    reference = reference_outputs(spec.module, measure_on)
+    work = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=".int8-"))
+    made_notes: dict[str, list[str]] = {}
+
+    def pt2e() -> Path:
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        config = lambda: get_symmetric_quantization_config(is_per_channel=True)  # noqa: E731
+        res = quantize_pt2e(spec.module, spec.example_inputs(), config, lambda c: PT2EQuantizer().set_global(c),
+                            samples, fold_quantize=False)
+        out = work / "pt2e.tflite"
+        quant = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(config()))
+        litert_torch.convert(res.module, spec.example_inputs(), quant_config=quant).export(str(out))
+        made_notes["pt2e"] = ["litert-torch PT2E " + res.notes[0]] + res.notes[1:]
+        return out
+
+    def aeq_static() -> Path:
+        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_quantizer import recipe
+
+        out = work / "aeq.tflite"
+        litert_torch.convert(spec.module, spec.example_inputs()).export(str(out))
+        it = Interpreter(model_path=str(out))
+        key, sig = next(iter(it.get_signature_list().items()))
+        wanted = it.get_signature_runner(key).get_input_details()
+        data = {key: [{name: t.numpy().astype(wanted[name]["dtype"]) for name, t in zip(sig["inputs"], s)}
+                      for s in samples]}
+        _apply_recipe(out, recipe.static_wi8_ai8(), data)
+        made_notes["ai-edge-quantizer"] = ["static int8 with ai-edge-quantizer static_wi8_ai8 (int8 weights and "
+                                           "activations, min/max calibration)"]
+        return out
+
+    try:
+        made, kept, tried = pick_best([("pt2e", pt2e), ("ai-edge-quantizer", aeq_static)],
+                                      lambda p: runtime_sqnr(p, measure_on, reference))
+        os.replace(made, tmp)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    notes += made_notes[kept]
+    if len(tried) > 1:
+        notes.append(tried_note(tried, kept))
+    if tried[kept] < TARGET_DB:
+        notes.append(low_sqnr_note(tried[kept]))
+    details = {"quantizer": kept, "calibration_sqnr_db": tried, "calibration_samples": len(samples)}
+    details |= _inspect(tmp)
+    quantized_io = [n for n, dt in details["io_dtypes"].items() if dt in ("int8", "uint8")]
+    if quantized_io:
+        notes.append(f"{', '.join(quantized_io)} int8 in the file: quantize inputs and dequantize outputs with each "
+                     "tensor's scale and zero point (the manifest lists them; edgeship_runtime does it)")
+    return notes, details
+
+
+def _inspect(path: Path) -> dict:
+    """I/O dtypes and how many tensors of each dtype the .tflite holds (int8 ones show what really is quantized)."""
+    from collections import Counter
+
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    io = {d["name"]: np.dtype(d["dtype"]).name for d in it.get_input_details() + it.get_output_details()}
+    dtypes = Counter(np.dtype(d["dtype"]).name for d in it.get_tensor_details())
+    return {"io_dtypes": io, "tensor_dtypes": dict(sorted(dtypes.items()))}
