@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--formats", default="onnx,tflite,executorch")
     ap.add_argument("--precisions", default="fp32,int8")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "out"))

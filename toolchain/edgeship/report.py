@@ -174,7 +174,7 @@ def render_html(report: dict) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px;text-align:left}}th{{background:#f3f3f3}}</style></head><body>
 <h1>edgeship report: {e(report.get('name', ''))}</h1>
 <p>created {e(report.get('created', ''))}; parameters {report.get('model', {}).get('parameters', '—')};
-parity on {report.get('verify', {}).get('samples', '—')} inputs</p>
+parity on {report.get('verify', {}).get('samples', '—')} inputs ({e(str(report.get('verify', {}).get('inputs', '')))})</p>
 <h2>Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>file</th><th>size</th><th>export s</th><th>parity</th><th>accuracy (eval set, own runtime)</th><th>notes</th></tr>{rows}</table>
 {stages_html}
 {bench_html}{imgs}<p style="color:#666;font-size:12px">tools: {e(tools)}</p></body></html>

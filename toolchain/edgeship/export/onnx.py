@@ -117,16 +117,18 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
             def static(method):
                 def make() -> Path:
                     out = Path(tmp) / f"static-{method.name}.onnx"
+                    # reduce_range (7-bit weights): onnxruntime's x86 int8 kernels without VNNI (AVX2) saturate
+                    # with full 8-bit weights. Measured on the digits demo CNN: 14.0 dB -> 31.8 dB SQNR.
                     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                                    calibrate_method=method)
+                                    calibrate_method=method, reduce_range=True)
                     return out
                 return make
 
             methods = (CalibrationMethod.MinMax, CalibrationMethod.Percentile, CalibrationMethod.Entropy)
             path, kept, tried = pick_best([(m.name.lower(), static(m)) for m in methods],
                                           lambda p: runtime_sqnr(p, measure_on, reference))
-            notes.append(f"static int8 (onnxruntime quantize_static, QDQ): per-channel int8 weights, per-tensor int8 "
+            notes.append(f"static int8 (onnxruntime quantize_static, QDQ): per-channel 7-bit (reduce_range) int8 weights, per-tensor int8 "
                          f"activations ({kept} calibration), float32 I/O")
             if len(tried) > 1:
                 notes.append(tried_note(tried, kept))
