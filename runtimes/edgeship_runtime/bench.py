@@ -159,27 +159,32 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = _Parser(prog="python -m edgeship_runtime.bench", description=__doc__.splitlines()[0])
+def runner_parser(prog: str, runs: int, warmup: int) -> "_Parser":
+    """The arguments every device-side runner takes (bench, profile)."""
+    p = _Parser(prog=prog)
     p.add_argument("model", type=Path)
     p.add_argument("--manifest", type=Path)
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--runs", type=int, default=runs)
+    p.add_argument("--warmup", type=int, default=warmup)
     p.add_argument("--threads", type=int)
     p.add_argument("--inputs", type=Path, help=".npz with one array per input (by name, else in order)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, help="also write the JSON here (atomically)")
+    return p
+
+
+def run_json_command(p: "_Parser", argv: Optional[Sequence[str]], job) -> int:
+    """Parse ``argv``, run ``job(args) -> dict`` and print its JSON as the one line of stdout (also to --json-out);
+    any failure prints {"error", "hint"} and returns 2. Native code's prints go to stderr meanwhile."""
     if argv is None and any(h in sys.argv[1:] for h in ("-h", "--help")):
         p.print_help()
         return 0
-    stdout = os.dup(1)  # keep the real stdout for the JSON; native code's prints go to stderr meanwhile
+    stdout = os.dup(1)  # keep the real stdout for the JSON
     sys.stdout.flush()
     os.dup2(2, 1)
     try:
         a = p.parse_args(argv)
-        result = bench(a.model, runs=a.runs, warmup=a.warmup, threads=a.threads, manifest=a.manifest,
-                       inputs=a.inputs, seed=a.seed)
-        text, code = json.dumps(result), 0
+        text, code = json.dumps(job(a)), 0
         if a.json_out is not None:
             _write_atomic(a.json_out, text + "\n")
     except Exception as e:  # noqa: BLE001 -- every failure becomes a JSON error for the host to read
@@ -195,6 +200,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
     return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = runner_parser("python -m edgeship_runtime.bench", runs=50, warmup=5)
+    p.description = __doc__.splitlines()[0]
+    return run_json_command(p, argv, lambda a: bench(a.model, runs=a.runs, warmup=a.warmup, threads=a.threads,
+                                                     manifest=a.manifest, inputs=a.inputs, seed=a.seed))
 
 
 if __name__ == "__main__":

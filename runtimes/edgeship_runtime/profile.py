@@ -45,7 +45,7 @@ import numpy as np
 
 from . import format_of, runtime_class
 from .base import Runtime, RuntimeUnavailable
-from .bench import _input_specs, _Parser, _UsageError, _write_atomic, random_inputs
+from .bench import _input_specs, random_inputs, run_json_command, runner_parser
 
 FLOAT_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
 INT_DTYPES = frozenset({"int8", "uint8", "int16", "int4", "uint4"})   # quantized activations
@@ -616,43 +616,13 @@ def profile(model: Path, *, runs: int = 20, warmup: int = 3, threads: Optional[i
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = _Parser(prog="python -m edgeship_runtime.profile", description=__doc__.splitlines()[0])
-    p.add_argument("model", type=Path)
-    p.add_argument("--manifest", type=Path)
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--inputs", type=Path, help=".npz with one array per input (by name, else in order)")
-    p.add_argument("--seed", type=int, default=0)
+    p = runner_parser("python -m edgeship_runtime.profile", runs=20, warmup=3)
+    p.description = __doc__.splitlines()[0]
     p.add_argument("--etrecord", type=Path, help="ExecuTorch: the ETRecord written at export (aten ops per delegated op)")
     p.add_argument("--benchmark-model", help="LiteRT: path of the benchmark_model binary, for per-op times")
-    p.add_argument("--json-out", type=Path, help="also write the JSON here (atomically)")
-    if argv is None and any(h in sys.argv[1:] for h in ("-h", "--help")):
-        p.print_help()
-        return 0
-    stdout = os.dup(1)  # keep the real stdout for the JSON; native code's prints go to stderr meanwhile
-    sys.stdout.flush()
-    os.dup2(2, 1)
-    try:
-        a = p.parse_args(argv)
-        result = profile(a.model, runs=a.runs, warmup=a.warmup, threads=a.threads, manifest=a.manifest,
-                         inputs=a.inputs, seed=a.seed, etrecord=a.etrecord, benchmark_model=a.benchmark_model)
-        text, code = json.dumps(result), 0
-        if a.json_out is not None:
-            _write_atomic(a.json_out, text + "\n")
-    except Exception as e:  # noqa: BLE001 -- every failure becomes a JSON error for the host to read
-        if isinstance(e, _UsageError):
-            error, hint = f"usage error: {e}", p.format_usage().strip()
-        else:
-            error, hint = f"{type(e).__name__}: {getattr(e, 'message', None) or e}", getattr(e, "hint", None)
-        text, code = json.dumps({"error": error, "hint": hint}), 2
-    finally:
-        sys.stdout.flush()
-        os.dup2(stdout, 1)
-        os.close(stdout)
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-    return code
+    return run_json_command(p, argv, lambda a: profile(
+        a.model, runs=a.runs, warmup=a.warmup, threads=a.threads, manifest=a.manifest, inputs=a.inputs, seed=a.seed,
+        etrecord=a.etrecord, benchmark_model=a.benchmark_model))
 
 
 if __name__ == "__main__":
