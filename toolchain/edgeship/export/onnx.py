@@ -57,7 +57,7 @@ class OnnxExporter:
             model = convert_float_to_float16(model, keep_io_types=True)
             notes.append("fp16 weights and compute; inputs and outputs stay float32 (keep_io_types)")
         if self.simplify:
-            model, note = _slim(model)
+            model, note = _slim(model, [t.numpy() for t in spec.example_inputs(seed=7)])
             notes.append(note)
         if precision in ("int8", "dynamic-int8"):
             model, qnotes, qdetails = _quantize(onnx, model, spec, precision, calib, out_dir)
@@ -143,8 +143,9 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
     return made, notes, details
 
 
-def _slim(model):
-    """onnxslim folds constants and fuses ops; the parity gate checks the result like any other artifact."""
+def _slim(model, feeds: list):
+    """onnxslim folds constants and fuses ops. It is kept only if it keeps parity: the slim and the checked
+    graph are run in onnxruntime on the same inputs and must agree to 1e-5 (else the checked graph ships)."""
     try:
         import onnxslim
     except ImportError:
@@ -154,7 +155,28 @@ def _slim(model):
     except Exception as e:  # noqa: BLE001 - simplification is optional; keep the checked model
         log.warning("onnxslim failed, keeping the unsimplified graph: %s", e)
         return model, f"not simplified: onnxslim failed ({type(e).__name__})"
+    diff = _max_diff(model, slim, feeds)
+    if diff is None or diff > 1e-5:
+        log.warning("onnxslim changed the outputs (max abs %s); keeping the unsimplified graph", diff)
+        return model, f"not simplified: onnxslim changed the outputs (max abs difference {diff})"
     return slim, f"simplified with onnxslim {onnxslim.__version__}: {len(model.graph.node)} -> {len(slim.graph.node)} nodes"
+
+
+def _max_diff(a, b, feeds: list) -> float | None:
+    """Largest absolute output difference of two ONNX graphs in onnxruntime (None if either fails to run)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    outs = []
+    for m in (a, b):
+        try:
+            sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            names = [i.name for i in sess.get_inputs()]
+            outs.append(sess.run(None, dict(zip(names, feeds))))
+        except Exception as e:  # noqa: BLE001
+            log.info("onnxruntime could not run a graph while checking onnxslim: %s", e)
+            return None
+    return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) for x, y in zip(*outs))
 
 
 def _save(onnx, model, path: Path) -> None:
