@@ -92,6 +92,21 @@ def _swap_in(staging: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
+@contextlib.contextmanager
+def staged_folder(out: Path):
+    """Build an output folder in a staging folder beside ``out``; renamed into place when the block succeeds,
+    removed when it fails, so an interrupted run leaves nothing half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    make_dir_like_mkdir(staging)
+    try:
+        yield staging
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 _OP_PATTERNS = [r"(aten[.:]{1,2}[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", r"op(?:erator)? ['\"`]?([A-Za-z0-9_.:]+)['\"`]? (?:is )?not (?:supported|implemented)",
                 r"[Uu]nsupported op(?:eration)?[: ]+['\"`]?([A-Za-z0-9_.:]+)", r"[Uu]nsupported fx node ([A-Za-z0-9_.]+)",
                 r"\bnode ([A-Za-z0-9_.]+) \(\1\)"]
@@ -240,14 +255,12 @@ def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event 
     refs = [[t.numpy() for t in spec.reference(f)] for f in feeds]
     np_feeds = [[t.numpy() for t in f] for f in feeds]
     classifier = spec.task.endswith("classification")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-    make_dir_like_mkdir(staging)
-    try:
+    torch_pred = eval_reference(spec, opts.eval_data) if opts.eval_data is not None and classifier else None
+    with staged_folder(out) as staging:
         results: list[ArtifactResult] = []
         for fmt in opts.formats:
             for precision in effective_precisions(fmt, opts.precisions):
-                results.append(_one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event))
+                results.append(_one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event, torch_pred))
         labels_file = None
         if spec.labels:
             write_text_atomic(staging / "labels.txt", "\n".join(spec.labels) + "\n")
@@ -274,17 +287,13 @@ def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event 
         report.update(extra or {})
         if hooks_note:
             report["notes"] = [hooks_note]
-        if opts.eval_data is not None and classifier:
-            report["eval"] = {"examples": len(opts.eval_data), "torch_fp32_top1": float(np.mean(eval_reference(spec, opts.eval_data) == opts.eval_data.y))}
+        if torch_pred is not None:
+            report["eval"] = {"examples": len(opts.eval_data), "torch_fp32_top1": float(np.mean(torch_pred == opts.eval_data.y))}
         report_mod.write(staging, report)
-        _swap_in(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return report
 
 
-def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event) -> ArtifactResult:
+def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event, torch_pred) -> ArtifactResult:
     key = f"{fmt}:{precision}"
     on_event(key, "export", {})
     try:
@@ -309,26 +318,22 @@ def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_eve
     with captured_output():   # runtimes print their own chatter (XNNPACK delegate, cpuinfo) to fd 1/2
         parity = verify.check_artifact(exported.path, fmt, exported.precision, np_feeds, refs, classifier)
         r.parity = parity.to_dict()
-        if opts.eval_data is not None and classifier:
+        if torch_pred is not None:
             on_event(key, "evaluate", {"path": rel})
-            r.accuracy = evaluate_artifact(exported.path, fmt, opts.eval_data, eval_reference(spec, opts.eval_data))
+            r.accuracy = evaluate_artifact(exported.path, fmt, opts.eval_data, torch_pred)
     on_event(key, "done", {"parity": r.parity})
     return r
 
 
 def eval_reference(spec: ModelSpec, data) -> np.ndarray:
-    """PyTorch's predicted classes on the eval set (cached on the DataSource: every artifact compares to them)."""
-    cached = getattr(data, "_edgeship_torch_pred", None)
-    if cached is None:
-        import torch
-        preds = []
-        with torch.no_grad():
-            for x, _ in data.batches(batch_size=1):
-                x = x if isinstance(x, tuple) else (x,)
-                preds.append(int(torch.argmax(spec.reference(x)[0], dim=-1).reshape(-1)[0]))
-        cached = np.asarray(preds)
-        data._edgeship_torch_pred = cached
-    return cached
+    """PyTorch's predicted classes on the eval set: what every artifact's predictions are compared to."""
+    import torch
+    preds = []
+    with torch.no_grad():
+        for x, _ in data.batches(batch_size=1):
+            x = x if isinstance(x, tuple) else (x,)
+            preds.append(int(torch.argmax(spec.reference(x)[0], dim=-1).reshape(-1)[0]))
+    return np.asarray(preds)
 
 
 def evaluate_artifact(path: Path, fmt: str, data, torch_pred: np.ndarray) -> dict:

@@ -1,24 +1,19 @@
 """The output folder of `edgeship sweep`: report.json with the rows, sweep.png, report.html."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._io import make_dir_like_mkdir, write_json_atomic, write_text_atomic
+from ._io import write_json_atomic, write_text_atomic
 from .manifest import tool_versions
 
 
 def write_sweep(out: Path, spec, rows: list[dict], method: str, force: bool) -> dict:
     from .compress.prune import plot_sweep
-    from .pipeline import _swap_in, prepare_out
+    from .pipeline import prepare_out, staged_folder
     from .report import SCHEMA_VERSION
     prepare_out(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-    make_dir_like_mkdir(staging)
-    try:
+    with staged_folder(out) as staging:
         plot_sweep(rows, staging / "sweep.png", title=f"{spec.name}: {method} pruning")
         report = {"schema_version": SCHEMA_VERSION, "name": spec.name, "kind": "sweep", "method": method,
                   "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(), "tools": tool_versions(),
@@ -29,8 +24,4 @@ def write_sweep(out: Path, spec, rows: list[dict], method: str, force: bool) -> 
         write_text_atomic(staging / "report.html", f"<!doctype html><meta charset=utf-8><title>sweep {spec.name}</title>"
                           f"<h1>{spec.name}: {method} pruning sweep</h1><table border=1><tr><th>sparsity</th><th>parameters</th>"
                           f"<th>MACs</th><th>accuracy</th></tr>{cells}</table><img src='sweep.png' alt='sparsity vs accuracy'>")
-        _swap_in(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return report
