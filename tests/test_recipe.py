@@ -40,6 +40,10 @@ def test_preset_with_overrides(tmp_path):
     ("preset: nope\n", "unknown preset 'nope'"),
     ("- a\n- b\n", "must be a YAML mapping"),
     ("prune: {layers: {classifier: 0.3}}\n", "only null"),
+    ("quantize: {layers: {classifier: int4}}\n", "quantize.layers: only null (keep the layer in float) or 'int8'"),
+    ("quantize: {max_accuracy_drop: -1}\n", "max_accuracy_drop must be >= 0"),
+    ("quantize: {max_accuracy_drop: lots}\n", "'quantize.max_accuracy_drop' must be float | None"),
+    ("quantize: {precision: fp16, max_accuracy_drop: 1.0}\n", "needs a quantized precision"),
 ])
 def test_bad_recipes(text, fragment):
     with pytest.raises(EdgeshipError) as e:
@@ -53,6 +57,36 @@ def test_layer_precedence_name_over_type_over_global():
     assert got == {"0": 0.5, "1": 0.5, "2": None, "3": 0.9}
     with pytest.raises(EdgeshipError, match="does not have: classifier"):
         recipe.resolve_layers(m, {"classifier": None}, 0.5)
+
+
+def test_quantize_layers_and_budget_parse_and_resolve_to_keep_float():
+    r = recipe.parse("preset: mobile-int8\nquantize:\n  layers: {Linear: null, '3': int8, '0': null}\n  max_accuracy_drop: 1.5\n")
+    q = r.quantize
+    assert q.precision == "int8" and q.calib_samples == 128 and q.max_accuracy_drop == 1.5   # the preset's rest stays
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Linear(2, 2), nn.Linear(2, 2))
+    assert q.keep_float(m) == {"0", "2"}                 # name ("3": int8) > type (Linear: null) > global (int8)
+    assert recipe.parse(recipe.to_yaml(r)).quantize == q  # round-trips through YAML
+    from edgeship.compress.quantize import QuantOptions
+    from edgeship.compress.run import quant_options
+    from edgeship.model import InputSpec, ModelSpec
+    spec = ModelSpec(m, (InputSpec("x", (1, 1, 3, 3)),))
+    assert quant_options(spec, r) == {"quant": QuantOptions({"0", "2"}), "max_accuracy_drop": 1.5}
+    assert quant_options(spec, recipe.parse("export: {formats: [onnx]}\n")) == {}
+
+
+@pytest.mark.parametrize("text,data,eval_ref,fragment", [
+    ("train: {epochs: 1}\nquantize: {layers: {clasifier: null}}\n", "digits", None, "does not have: clasifier"),
+    ("quantize: {max_accuracy_drop: 1.0}\n", None, None, "needs labelled eval data"),
+])
+def test_compress_checks_quantize_options_before_training(text, data, eval_ref, fragment):
+    import time
+
+    from edgeship.compress.run import compress_model
+    from edgeship.examples import digits_cnn
+    t0 = time.perf_counter()
+    with pytest.raises(EdgeshipError, match=fragment):
+        compress_model(digits_cnn(), recipe.parse(text), data, eval_ref)
+    assert time.perf_counter() - t0 < 10   # nothing was trained
 
 
 def test_compress_cli_rejects_bad_recipe_before_work(tmp_path):

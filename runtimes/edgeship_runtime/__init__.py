@@ -26,10 +26,11 @@ FORMATS: Dict[str, str] = {
     "tflite": "edgeship_runtime.tflite:LiteRtRuntime",
     "executorch": "edgeship_runtime.executorch:ExecuTorchRuntime",
     "coreml": "edgeship_runtime.coreml:CoreMLRuntime",
+    "torchscript": "edgeship_runtime.torchscript:TorchScriptRuntime",   # legacy PyTorch Mobile; imports torch
 }
 
 SUFFIXES: Dict[str, str] = {".onnx": "onnx", ".tflite": "tflite", ".pte": "executorch",
-                            ".mlpackage": "coreml", ".mlmodel": "coreml"}
+                            ".mlpackage": "coreml", ".mlmodel": "coreml", ".ptl": "torchscript"}
 
 
 def format_of(path: Union[str, Path]) -> str:
@@ -43,7 +44,7 @@ def format_of(path: Union[str, Path]) -> str:
 
 
 def runtime_class(fmt: str) -> Type[Runtime]:
-    """The Runtime class for a format key ("onnx", "tflite", "executorch", "coreml")."""
+    """The Runtime class for a format key ("onnx", "tflite", "executorch", "coreml", "torchscript")."""
     try:
         target = FORMATS[fmt]
     except KeyError:
@@ -53,7 +54,7 @@ def runtime_class(fmt: str) -> Type[Runtime]:
 
 
 def open_runtime(path: Union[str, Path], threads: Optional[int] = None, **opts: Any) -> Runtime:
-    """Load a model in the runtime its suffix calls for.
+    """Load a model in the runtime its suffix calls for (.onnx .tflite .pte .mlpackage .ptl).
 
     Raises FileNotFoundError, ValueError (unknown suffix) or RuntimeUnavailable (runtime package missing, with a
     ``hint`` such as "pip install ai-edge-litert").

@@ -253,7 +253,7 @@ def test_ssh_info_with_and_without_runtimes(sshd: SshServer, tmp_path: Path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     info = SshDevice(sshd.url(), ssh_config=sshd.config, python=str(bare / "bin" / "python")).info()
     assert info.python and info.python.startswith(str(bare))
-    assert info.runtimes == {"onnx": None, "tflite": None, "executorch": None, "coreml": None}
+    assert info.runtimes == {"onnx": None, "tflite": None, "executorch": None, "coreml": None, "torchscript": None}
     assert "No module named 'onnxruntime'" in info.missing["onnx"]
     assert "ai_edge_litert" in info.missing["tflite"] and "tflite_runtime" in info.missing["tflite"]
 

@@ -1,25 +1,12 @@
 """Shared fixtures for the compression tests: the digits splits and one well-trained teacher per session."""
 from __future__ import annotations
 
-import contextlib
-
 import pytest
-import torch
 
 from edgeship.compress.train import TrainConfig, evaluate, train_classifier
 from edgeship.data import load_data
 from edgeship.examples import digits_cnn
-
-
-@contextlib.contextmanager
-def one_thread():
-    """These models are tiny: one intra-op thread is several times faster than two on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+from support.threads import one_thread
 
 
 @pytest.fixture(autouse=True)

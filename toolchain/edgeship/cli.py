@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import recipe as recipe_mod
 from .errors import EdgeshipError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -71,6 +72,12 @@ def _progress_events(progress, task_ids: dict):
         elif stage == "done":
             st = info["parity"]["status"]
             progress.update(tid, description=f"{key}: [{_status_style(st)}]{st}[/]", completed=3)
+        elif stage == "sensitivity":
+            progress.update(tid, description=escape(info["what"]), completed=info["done"], total=info["total"])
+        elif stage == "sensitivity-done":
+            kept = ", ".join(info["keep_float"]) or "none"
+            st = "[green]budget met[/]" if info["met"] else "[red]budget not met[/]"
+            progress.update(tid, description=f"{key}: {st}; kept in float: {escape(kept)}", completed=1, total=1)
     return on_event
 
 
@@ -84,7 +91,7 @@ def export(
     model: str = typer.Argument(..., help="path/to/file.py:factory, package.module:attr, or example:NAME"),
     input: list[str] = typer.Option([], "--input", "-i", help="NAME:SHAPE[:DTYPE], e.g. image:1x3x224x224 (repeatable)"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (refused if it exists and is not empty, unless --force)"),
-    formats: Optional[str] = typer.Option(None, "--formats", "-f", help="comma-separated: onnx,tflite,executorch,coreml (default: all)"),
+    formats: Optional[str] = typer.Option(None, "--formats", "-f", help="comma-separated: onnx,tflite,executorch,coreml (the default: all four), torchscript (legacy PyTorch Mobile, opt-in)"),
     precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16, int8, dynamic-int8, or Core ML weight compression w8|w6|w4 (comma-separated for several)"),
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help=".npz with extra verification inputs (one array per input name, or 'x')"),
     samples: int = typer.Option(5, "--samples", help="random verification inputs (fixed seed)"),
@@ -92,6 +99,10 @@ def export(
     calib: Optional[str] = typer.Option(None, "--calib", help="int8 calibration DATA: digits, an image folder, an .npz, or file.py:factory"),
     calib_samples: int = typer.Option(128, "--calib-samples", help="calibration examples to use"),
     eval_data: Optional[str] = typer.Option(None, "--eval", help="labelled DATA: accuracy of every artifact in its own runtime"),
+    keep_float: Optional[str] = typer.Option(None, "--keep-float", help="layers kept in float in quantized exports: "
+                                             "comma-separated module names (features.0.0) or types (Linear)"),
+    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="accuracy points vs fp32 on --eval: "
+                                                      "keep the most int8-sensitive layers in float until int8 loses at most this"),
     name: Optional[str] = typer.Option(None, "--name", help="model name in the manifest (default: the factory's name)"),
     force: bool = typer.Option(False, "--force", help="replace an existing edgeship output folder"),
     as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
@@ -99,15 +110,31 @@ def export(
     """Export MODEL to every format, verify each artifact in its runtime, write manifest.json and report.json."""
     from . import export as export_mod
     from .model import load, parse_input
-    from .pipeline import ExportOptions, check_precisions, prepare_out
+    from .pipeline import QUANTIZED, ExportOptions, check_precisions, prepare_out
 
     fmts = export_mod.parse_formats(formats)
     precisions = check_precisions(precision)
+    if max_accuracy_drop is not None:   # before any long work
+        from .compress.sensitivity import check_budget
+        check_budget(max_accuracy_drop, eval_data)
+        if not QUANTIZED & set(precisions):
+            raise EdgeshipError("--max-accuracy-drop applies to quantized exports", hint="add --precision int8 (e.g. -p fp32,int8)")
     prepare_out(out, force)            # refuse early, before any long work
     spec = load(model, [parse_input(t) for t in input], name=name)
-    opts = ExportOptions(fmts, precisions, samples, verify_data, check_determinism, force)
+    opts = ExportOptions(fmts, precisions, samples, verify_data, check_determinism, force,
+                         quant=_keep_float(spec, keep_float), max_accuracy_drop=max_accuracy_drop)
     _attach_data(opts, spec, calib, calib_samples, eval_data)
     _run_and_print(spec, out, opts, as_json)
+
+
+def _keep_float(spec, text: str | None):
+    """--keep-float NAMES: module names or types, resolved like a recipe's quantize.layers (name > type)."""
+    from .compress.quantize import QuantOptions
+    from .recipe import resolve_layers
+    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    if not names:
+        return QuantOptions()
+    return QuantOptions(n for n, v in resolve_layers(spec.module, dict.fromkeys(names), "int8").items() if v is None)
 
 
 def _attach_data(opts, spec, calib: str | None, calib_samples: int, eval_ref: str | None) -> None:
@@ -127,14 +154,41 @@ def _run_and_print(spec, out: Path, opts, as_json: bool, extra: dict | None = No
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err_console, transient=as_json, disable=as_json) as progress:
         report = run_export(spec, out, opts, _progress_events(progress, {}), extra=extra)
+    sens = report.get("sensitivity")
     if as_json:
         print(json.dumps(report, indent=2))
     else:
+        if sens:
+            _print_sensitivity(sens)
         console.print(_summary(report, f"{spec.name} -> {out}"))
         for a in report["artifacts"]:
             if a.get("status") == "failed" and a.get("hint"):
                 console.print(f"[red]{a['key']}[/]: {escape(a['error'])}\n  hint: {escape(a['hint'])}")
-    raise typer.Exit(0 if _all_passed(report) else 1)
+    raise typer.Exit(0 if _all_passed(report) and (sens or {}).get("met") is not False else 1)
+
+
+def _print_sensitivity(sens: dict, top: int = 10) -> None:
+    """The most int8-sensitive layers (SQNR with only that layer int8), which were kept in float, and the budget."""
+    t = Table(title="int8 sensitivity per layer, most sensitive first")
+    for col in ("layer", "type", "SQNR dB (only it int8)", "kept in float"):
+        t.add_column(col)
+    rows = sens["layers"]
+    for r in rows[:top]:
+        kept = f"[yellow]yes ({r['why']})[/]" if r["kept_float"] else "no"
+        t.add_row(escape(r["layer"]), r["type"], "—" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}", kept)
+    if len(rows) > top:
+        t.add_row(f"… {len(rows) - top} more in report.json", "", "", "")
+    console.print(t)
+    acc = sens["accuracy"]
+    pct = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
+    console.print(escape(f"{sens['simulation']}; {sens['calibration']}"), soft_wrap=True)
+    console.print(escape(f"accuracy on {sens['eval_examples']} eval examples: fp32 {pct(acc['fp32'])}, every layer int8 "
+                         f"{pct(acc['int8_all_layers'])} (drop {acc['drop_points_before']:g} points), "
+                         f"{len(sens['keep_float'])} layer(s) in float {pct(acc['int8_after'])} "
+                         f"(drop {acc['drop_points_after']:g} points)"), soft_wrap=True)
+    console.print(f"accuracy budget {sens['max_accuracy_drop']:g} points: " + ("[green]met[/]" if sens["met"] else "[red]not met[/]"))
+    for note in sens.get("notes") or []:
+        console.print(f"[yellow]{escape(note)}[/]", soft_wrap=True)
 
 
 def _training_progress():
@@ -156,7 +210,7 @@ def _training_progress():
 @app.command()
 def compress(
     model: str = typer.Argument(..., help="the model to compress (the teacher, when the recipe distills)"),
-    recipe: str = typer.Option(..., "--recipe", "-r", help="recipe.yaml, or a preset name: " + ", ".join(["mobile-int8", "pi-int8", "tiny", "digits-demo"])),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="recipe.yaml, or a preset name: " + ", ".join(recipe_mod.presets())),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     data: Optional[str] = typer.Option(None, "--data", help="training data (overrides the recipe's data:)"),
     eval_data: Optional[str] = typer.Option(None, "--eval", help="labelled eval data (overrides the recipe's eval:)"),
@@ -167,7 +221,7 @@ def compress(
 ):
     """Distill → prune → quantize → export, with accuracy measured after each stage and in every runtime."""
     from . import recipe as recipe_mod
-    from .compress.run import compress_model
+    from .compress.run import compress_model, quant_options
     from .model import load, parse_input
     from .pipeline import ExportOptions, prepare_out
 
@@ -179,7 +233,8 @@ def compress(
         final, record, calib, eval_src = compress_model(spec, rec, data, eval_data, on_progress)
     precisions = (["fp32"] if rec.export.fp32 else []) + ([rec.quantize.precision] if rec.quantize else [])
     opts = ExportOptions(rec.export.formats, precisions or ["fp32"], force=force, eval_data=eval_src,
-                         calib=calib.calibration(rec.quantize.calib_samples) if (calib is not None and rec.quantize) else None)
+                         calib=calib.calibration(rec.quantize.calib_samples) if (calib is not None and rec.quantize) else None,
+                         **quant_options(final, rec))
     if not as_json:
         console.print(_stages_table(record["stages"]))
     _run_and_print(final, out, opts, as_json, extra={"compression": record})
@@ -321,16 +376,32 @@ def profile_cmd(
     tool: Optional[Path] = typer.Option(None, "--tool", help="LiteRT: a benchmark_model binary on this host, pushed and run without python (phones)"),
     ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file for ssh:// devices"),
     python: Optional[str] = typer.Option(None, "--python", help="python interpreter on the device (default: python3)"),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="a second model of the same runtime (e.g. the fp32 "
+                                           "one): per op kind, its time against MODEL's, and why int8 gains what it does"),
     as_json: bool = typer.Option(False, "--json", help="print the runner's JSON"),
 ):
     """Per-op profile in the runtime's own profiler: op, time, share, delegated or not, dtype; float ops in int8 models."""
     from .bench.devices import parse_device
-    from .bench.profile import profile_artifact, profile_summary, profile_table
+    from .bench.profile import (compare_profiles, compare_summary, compare_table, profile_artifact, profile_summary,
+                                profile_table)
 
     dev = parse_device(device, ssh_config=ssh_config, python=python)
-    with err_console.status(f"profiling {model.name} on {dev.id}"):
+    baseline = None
+    with err_console.status(f"profiling {model.name} on {dev.id}") as status:
+        if compare is not None:
+            baseline = profile_artifact(compare, dev, runs, warmup, threads, benchmark_model=benchmark_model, tool=tool)
+            status.update(f"profiling {model.name} on {dev.id}")
         result = profile_artifact(model, dev, runs, warmup, threads, etrecord=etrecord,
                                   benchmark_model=benchmark_model, tool=tool)
+    if baseline is not None:
+        cmp = compare_profiles(result, baseline)
+        if as_json:
+            print(json.dumps({"profile": result, "baseline": baseline, "compare": cmp}, indent=2))
+            return
+        console.print(compare_table(cmp, top=top))
+        for line in compare_summary(cmp):
+            console.print(escape(line))
+        return
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -369,6 +440,8 @@ def bench(
     tool: Optional[List[str]] = typer.Option(None, "--tool", help="FORMAT=PATH of a native benchmark binary built for "
                                              "the device: tflite=benchmark_model, onnx=onnxruntime_perf_test, "
                                              "executorch=executor_runner (repeatable)"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="a precision, e.g. fp32: each artifact's speed-up "
+                                          "over that precision of the same format, measured in the same run"),
     as_json: bool = typer.Option(False, "--json", help="print the new bench entries as JSON"),
 ):
     """Benchmark every artifact of FOLDER on a device: latency percentiles, memory, energy; appended to report.json."""
@@ -379,7 +452,7 @@ def bench(
     opts = BenchOptions(runs, warmup, _threads(threads), rounds, cooldown, affinity,
                         export_mod.parse_formats(formats) if formats else None,
                         [p.strip() for p in precision.split(",")] if precision else None, energy, power_cmd,
-                        via=via or ("tool" if tool else "python"), tools=tool or None)
+                        via=via or ("tool" if tool else "python"), tools=tool or None, compare=compare)
     dev = parse_device(device, ssh_config=ssh_config, python=python)
     with err_console.status(f"benchmarking on {dev.id}") as status:
         def on_event(key, stage, info):
@@ -399,11 +472,14 @@ def bench(
 def _bench_table(entries: list[dict], title: str) -> Table:
     from .report import _fmt_size
     t = Table(title=title)
-    for col in ("artifact", "size", "threads", "load ms", "first ms", "p50 ms", "p90 ms", "p99 ms", "cv", "peak RSS MB", "energy mJ/inf", "status"):
+    compared = next((e["speedup_vs"]["precision"] for e in entries if e.get("speedup_vs")), None)
+    cols = ["artifact", "size", "threads", "load ms", "first ms", "p50 ms", "p90 ms", "p99 ms", "cv", "peak RSS MB",
+            "energy mJ/inf"] + ([f"× {compared} speed"] if compared else []) + ["status"]
+    for col in cols:
         t.add_column(col)
     for e in entries:
         if e["status"] != "ok":
-            t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), *[""] * 9, f"[{_status_style('not run' if e['status'] == 'skipped' else 'failed')}]{e['status']}[/]: {escape(e.get('reason') or '')}")
+            t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), *[""] * (len(cols) - 3), f"[{_status_style('not run' if e['status'] == 'skipped' else 'failed')}]{e['status']}[/]: {escape(e.get('reason') or '')}")
             continue
         lat, en = e["latency_ms"], e.get("energy") or {}
 
@@ -413,8 +489,19 @@ def _bench_table(entries: list[dict], title: str) -> Table:
         energy_txt = f"{en['mj_per_inference']:.3f}" if en.get("mj_per_inference") is not None else "n/a*"
         t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), str(e.get("threads")), num(e.get("load_ms"), ".1f"),
                   num(e.get("first_run_ms"), ".2f"), num(lat.get("p50"), ".3f"), num(lat.get("p90"), ".3f"),
-                  num(lat.get("p99"), ".3f"), cv, num(e.get("peak_rss_mb"), ".1f"), energy_txt, "[green]ok[/]")
+                  num(lat.get("p99"), ".3f"), cv, num(e.get("peak_rss_mb"), ".1f"), energy_txt,
+                  *([_speedup_cell(e.get("speedup_vs"))] if compared else []), "[green]ok[/]")
     return t
+
+
+def _speedup_cell(sv: dict | None) -> str:
+    """"1.62×" (green at ≥ 1.5, yellow ≥ 1, red below): the baseline's p50 over this artifact's, same run."""
+    if not sv:
+        return "—"
+    x = sv.get("x")
+    if x is None:
+        return escape(sv.get("reason") or "—")
+    return f"[{'green' if x >= 1.5 else 'yellow' if x >= 1.0 else 'red'}]{x:.2f}×[/]"
 
 
 @app.command()

@@ -7,9 +7,9 @@ from importlib import metadata
 from .export import EXPORTERS, available
 
 RUNTIME_PACKAGES = {"onnx": ["onnxruntime"], "tflite": ["ai-edge-litert", "tflite-runtime"],
-                    "executorch": ["executorch"], "coreml": ["coremltools"]}
+                    "executorch": ["executorch"], "coreml": ["coremltools"], "torchscript": ["torch"]}
 CONVERTER_PACKAGES = {"onnx": ["onnx", "onnxscript", "onnxslim"], "tflite": ["litert-torch", "ai-edge-quantizer"],
-                      "executorch": ["executorch", "torchao"], "coreml": ["coremltools"]}
+                      "executorch": ["executorch", "torchao"], "coreml": ["coremltools"], "torchscript": ["torch"]}
 
 
 def _version(pkg: str) -> str | None:

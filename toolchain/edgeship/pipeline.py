@@ -6,6 +6,7 @@ staging directory beside ``out`` and renamed into place at the end, so an interr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 import re
@@ -22,12 +23,14 @@ from . import manifest as manifest_mod
 from . import report as report_mod
 from . import verify
 from ._io import captured_output, make_dir_like_mkdir, sha256_path, size_path, write_text_atomic
+from .compress.quantize import QuantOptions
 from .errors import EdgeshipError
 from .export import EXPORTERS, Exported, effective_precisions, get_exporter
 from .model import ModelSpec
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8", "w8", "w6", "w4")
+QUANTIZED = frozenset(PRECISIONS) - {"fp32", "fp16"}   # where per-layer options (keep_float) apply
 Event = Callable[[str, str, dict], None]   # (artifact key, stage, info)
 
 
@@ -41,6 +44,8 @@ class ExportOptions:
     force: bool = False
     calib: object = None             # calibration inputs for int8: a DataSource or a list of input tuples
     eval_data: object = None         # a labelled DataSource: accuracy of every artifact in its own runtime
+    quant: QuantOptions = field(default_factory=QuantOptions)   # per-layer options (keep_float) for quantized exports
+    max_accuracy_drop: float | None = None   # accuracy points: keep the most int8-sensitive layers float until it holds
 
 
 @dataclass
@@ -179,14 +184,16 @@ def load_verify_data(spec: ModelSpec, path: Path) -> list[tuple]:
     return out
 
 
-def export_artifact(spec: ModelSpec, fmt: str, precision: str, out_dir: Path, calib=None) -> tuple[Exported, float]:
+def export_artifact(spec: ModelSpec, fmt: str, precision: str, out_dir: Path, calib=None,
+                    quant: QuantOptions | None = None) -> tuple[Exported, float]:
     exporter = get_exporter(fmt)
     if precision not in exporter.precisions:
         raise EdgeshipError(f"{fmt} has no {precision} export", hint=f"{fmt} precisions: {', '.join(sorted(exporter.precisions))}")
+    quant = quant if precision in QUANTIZED else None   # per-layer options apply to quantized precisions only
     t0 = time.perf_counter()
     with captured_output() as output:
         try:
-            exported = exporter.export(spec, out_dir / fmt, precision, calib)
+            exported = exporter.export(spec, out_dir / fmt, precision, calib, quant=quant)
         except EdgeshipError:
             raise
         except Exception as e:  # noqa: BLE001 - converter failures become the format's failure reason
@@ -251,11 +258,16 @@ def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event 
     prepare_out(out, opts.force)
     check_precisions(opts.precisions)
     spec, hooks_note = _without_pruning_hooks(spec)
+    check_quant_options(spec, opts)
     feeds, feeds_source = verification_feeds(spec, opts.verify_samples, opts.verify_data, opts.eval_data or opts.calib)
     refs = [[t.numpy() for t in spec.reference(f)] for f in feeds]
     np_feeds = [[t.numpy() for t in f] for f in feeds]
     classifier = spec.task.endswith("classification")
     torch_pred = eval_reference(spec, opts.eval_data) if opts.eval_data is not None and classifier else None
+    sensitivity = None
+    if opts.max_accuracy_drop is not None:
+        sensitivity = _fit_budget(spec, opts, on_event)
+        opts = dataclasses.replace(opts, quant=dataclasses.replace(opts.quant, keep_float=sensitivity.keep_float))
     with staged_folder(out) as staging:
         results: list[ArtifactResult] = []
         for fmt in opts.formats:
@@ -289,15 +301,50 @@ def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event 
             report["notes"] = [hooks_note]
         if torch_pred is not None:
             report["eval"] = {"examples": len(opts.eval_data), "torch_fp32_top1": float(np.mean(torch_pred == opts.eval_data.y))}
+        if opts.quant.keep_float:
+            report["quantize"] = {"keep_float": sorted(opts.quant.keep_float)}
+        if sensitivity is not None:
+            report["sensitivity"] = sensitivity.to_dict()
         report_mod.write(staging, report)
     return report
+
+
+def check_quant_options(spec: ModelSpec, opts: ExportOptions) -> None:
+    """Per-layer options and an accuracy budget are checked before any long work: layer names the model has,
+    a quantized precision to apply them to, and (for a budget) labelled eval data and a classifier."""
+    if opts.quant is None:
+        opts.quant = QuantOptions()
+    if not isinstance(opts.quant, QuantOptions):
+        raise EdgeshipError(f"ExportOptions.quant must be a QuantOptions, got {type(opts.quant).__name__}",
+                            hint="e.g. ExportOptions(..., quant=QuantOptions(keep_float={'classifier'}))")
+    opts.quant.check(spec.module)
+    if opts.max_accuracy_drop is None:
+        return
+    from .compress.sensitivity import check_budget
+    check_budget(opts.max_accuracy_drop, opts.eval_data, spec)
+    if not QUANTIZED & set(opts.precisions):
+        raise EdgeshipError(f"an accuracy budget applies to quantized exports; the precisions are {', '.join(opts.precisions)}",
+                            hint="add --precision int8 (e.g. --precision fp32,int8)")
+
+
+def _fit_budget(spec: ModelSpec, opts: ExportOptions, on_event: Event):
+    """Which layers to keep in float for ``opts.max_accuracy_drop`` (compress.sensitivity), before any export."""
+    from .compress.sensitivity import fit_accuracy_budget
+
+    def progress(what: str, done: int, total: int):
+        on_event("int8 sensitivity", "sensitivity", {"what": what, "done": done, "total": total})
+    with captured_output():   # the quantizer's own chatter
+        result = fit_accuracy_budget(spec, opts.eval_data, opts.max_accuracy_drop, opts.calib,
+                                     keep_float=opts.quant.keep_float, progress=progress)
+    on_event("int8 sensitivity", "sensitivity-done", {"met": result.met, "keep_float": sorted(result.keep_float)})
+    return result
 
 
 def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event, torch_pred) -> ArtifactResult:
     key = f"{fmt}:{precision}"
     on_event(key, "export", {})
     try:
-        exported, seconds = export_artifact(spec, fmt, precision, staging, opts.calib)
+        exported, seconds = export_artifact(spec, fmt, precision, staging, opts.calib, opts.quant)
     except EdgeshipError as e:
         log.info("%s failed: %s", key, e.message)
         on_event(key, "failed", {"error": e.message})
@@ -310,7 +357,7 @@ def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_eve
                        notes=exported.notes, details=details)
     if opts.check_determinism:
         with tempfile.TemporaryDirectory() as again:
-            second, _ = export_artifact(spec, fmt, precision, Path(again), opts.calib)
+            second, _ = export_artifact(spec, fmt, precision, Path(again), opts.calib, opts.quant)
             r.deterministic = sha256_path(second.path) == sha256_path(exported.path)
             if not r.deterministic:
                 r.notes.append("not byte-identical when exported twice")

@@ -7,6 +7,7 @@
     distill:  {student: file.py:factory | null, width: 0.5, temperature: 4, alpha: 0.5, epochs: 30}
     prune:    {method: structured, sparsity: 0.5, steps: 1, finetune_epochs: 10, layers: {classifier: null}}
     quantize: {precision: int8, calib_samples: 128, layers: {Linear: null}}
+    #   quantize.qat: {epochs: 3, lr: 1e-4, batch_size: 64, seed: 0}   # quantization-aware fine-tune (int8; needs data)
     export:   {formats: [onnx, tflite, executorch, coreml]}
 
 Per-layer options (``layers``) follow coremltools' precedence: layer name > layer type > global; ``null`` leaves
@@ -83,17 +84,52 @@ class PruneSection:
 
 
 @dataclass
+class QATSection:
+    """Quantization-aware training: a short fine-tune with int8 fake-quant (compress/qat.py)."""
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise EdgeshipError(f"quantize.qat.epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise EdgeshipError(f"quantize.qat.lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise EdgeshipError(f"quantize.qat.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class QuantizeSection:
     precision: str = "int8"
     calib_samples: int = 128
-    layers: dict[str, str | None] = field(default_factory=dict)
+    layers: dict[str, str | None] = field(default_factory=dict)   # layer name or type -> null (keep float) | precision
+    max_accuracy_drop: float | None = None   # accuracy points vs fp32: keep the most sensitive layers float until it holds
+    qat: QATSection | None = None            # quantization-aware fine-tune before the int8 exports
 
     def __post_init__(self):
-        from .pipeline import PRECISIONS
+        from .pipeline import PRECISIONS, QUANTIZED
         if self.precision not in PRECISIONS:
             raise EdgeshipError(f"quantize.precision {self.precision!r} is unknown", hint=f"use one of {', '.join(PRECISIONS)}")
         if self.calib_samples < 1:
             raise EdgeshipError(f"quantize.calib_samples must be >= 1, got {self.calib_samples}")
+        odd = {k: v for k, v in self.layers.items() if v is not None and v != self.precision}
+        if odd:
+            raise EdgeshipError(f"quantize.layers: only null (keep the layer in float) or {self.precision!r} is supported, got {odd}",
+                                hint="per-layer values: null keeps a layer (name or type) in float; the precision undoes a type's null for one layer")
+        if self.max_accuracy_drop is not None:
+            if not self.max_accuracy_drop >= 0:
+                raise EdgeshipError(f"quantize.max_accuracy_drop must be >= 0 accuracy points, got {self.max_accuracy_drop}")
+            if self.precision not in QUANTIZED:
+                raise EdgeshipError(f"quantize.max_accuracy_drop needs a quantized precision, not {self.precision!r}")
+        if self.qat is not None and self.precision != "int8":
+            raise EdgeshipError(f"quantize.qat trains for int8, but quantize.precision is {self.precision!r}",
+                                hint="set quantize.precision: int8, or drop quantize.qat")
+
+    def keep_float(self, module) -> frozenset[str]:
+        """The layers to keep in float: those ``layers`` resolves to null (layer name > layer type > global)."""
+        return frozenset(n for n, v in resolve_layers(module, self.layers, self.precision).items() if v is None)
 
 
 @dataclass
@@ -149,6 +185,16 @@ def _type_ok(value, tp) -> bool:
     return any(_type_ok(value, a) for a in args)   # Union / Optional
 
 
+def _yaml_float(value, tp):
+    """PyYAML (YAML 1.1) reads ``1e-4`` (no dot) as a string: where a float is expected, take the float it means."""
+    if isinstance(value, str) and (tp is float or float in get_args(tp)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _type_name(tp) -> str:
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
@@ -170,6 +216,7 @@ def _build(cls, data: dict, node, where: str, path: str):
         if section is not None:
             kwargs[key] = None if value is None else _build(section, value or {}, vnode, where, full)
             continue
+        value = _yaml_float(value, tp)
         if not _type_ok(value, tp):
             raise EdgeshipError(f"{where} {_line(vnode)}: '{full}' must be {_type_name(tp)}, got {value!r}")
         kwargs[key] = value

@@ -144,6 +144,28 @@ def _tradeoff(plt, report: dict, bench: list[dict]):
     return fig
 
 
+def sensitivity_html(sens: dict | None) -> str:
+    """The per-layer int8 sensitivity table and the accuracy budget's outcome (report.json's "sensitivity")."""
+    if not sens:
+        return ""
+    e = html.escape
+    pct = lambda v: "—" if v is None else format(v, ".2%")  # noqa: E731
+    acc = sens.get("accuracy") or {}
+    rows = "".join(
+        f"<tr><td>{e(r['layer'])}</td><td>{e(r['type'])}</td><td>{'—' if r['sqnr_db'] is None else format(r['sqnr_db'], '.1f')}</td>"
+        f"<td>{'yes (' + e(str(r['why'])) + ')' if r['kept_float'] else 'no'}</td></tr>" for r in sens.get("layers", []))
+    budget = sens.get("max_accuracy_drop")
+    outcome = "" if budget is None else (
+        f"<p>accuracy budget {budget:g} points: <b>{'met' if sens.get('met') else 'not met'}</b>. Eval accuracy in PyTorch "
+        f"(int8 simulated) on {sens.get('eval_examples')} examples: fp32 {pct(acc.get('fp32'))}, every layer int8 "
+        f"{pct(acc.get('int8_all_layers'))}, with {len(sens.get('keep_float', []))} layer(s) in float "
+        f"{pct(acc.get('int8_after'))}. Each artifact's own accuracy is in the table above.</p>")
+    notes = "".join(f"<p>{e(n)}</p>" for n in sens.get("notes") or [])
+    return (f"<h2>int8 sensitivity per layer</h2><p>{e(sens.get('simulation', ''))}; {e(sens.get('calibration', ''))}. "
+            f"{e(sens.get('metric', ''))}.</p>{outcome}{notes}<table><tr><th>layer</th><th>type</th><th>SQNR dB</th>"
+            f"<th>kept in float</th></tr>{rows}</table>")
+
+
 def render_html(report: dict) -> str:
     e = html.escape
     rows = "".join(
@@ -166,6 +188,7 @@ def render_html(report: dict) -> str:
                        f"<tr><td>{e(s['stage'])}</td><td>{s['parameters']:,}</td><td>{s['macs']:,}</td>"
                        f"<td>{'—' if s.get('accuracy') is None else format(s['accuracy'], '.2%')}</td></tr>" for s in stages)
                    + "</table>") if stages else ""
+    sens_html = sensitivity_html(report.get("sensitivity"))
     bench_html = ("<h2>Benchmarks</h2><table><tr><th>artifact</th><th>device</th><th>threads</th><th>p50 ms</th><th>p90 ms</th>"
                   f"<th>p99 ms</th><th>load ms</th><th>first run ms</th><th>peak RSS MB</th><th>energy mJ/inf</th></tr>{bench_rows}</table>"
                   if bench_rows else "")
@@ -177,5 +200,6 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px;text-align:left}}th{
 parity on {report.get('verify', {}).get('samples', '—')} inputs ({e(str(report.get('verify', {}).get('inputs', '')))})</p>
 <h2>Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>file</th><th>size</th><th>export s</th><th>parity</th><th>accuracy (eval set, own runtime)</th><th>notes</th></tr>{rows}</table>
 {stages_html}
+{sens_html}
 {bench_html}{imgs}<p style="color:#666;font-size:12px">tools: {e(tools)}</p></body></html>
 """

@@ -65,7 +65,8 @@ _HOUSEKEEPING_TIMEOUT_S = 30.0
 # Run on the device's python: which runtimes import, and their versions. Each check runs in its own
 # interpreter (a broken wheel may crash), all at once. executorch's Python runtime imports torch and exir
 # (~20 s on 2 slow cores), so by default it is only located (its compiled _C module and torch must be
-# found); ``deep`` (argv[1]) imports it too. Python >= 3.7.
+# found); ``deep`` (argv[1]) imports it too. PyTorch Mobile (.ptl) runs in torch itself: located the same way.
+# Python >= 3.7.
 PROBE_PY = r'''
 import json, platform, subprocess, sys
 C = ("import importlib,importlib.util as u,sys\nn,d,h=sys.argv[1:4]\n"
@@ -78,7 +79,8 @@ R = [("onnx", "onnxruntime", "onnxruntime", "import"),
      ("tflite", "ai_edge_litert.interpreter", "ai-edge-litert", "import"),
      ("tflite", "tflite_runtime.interpreter", "tflite-runtime", "import"),
      ("executorch", "executorch.runtime" if deep else "executorch.extension.pybindings._C+torch", "executorch",
-      "import" if deep else "find")]
+      "import" if deep else "find"),
+     ("torchscript", "torch.jit.mobile" if deep else "torch", "torch", "import" if deep else "find")]
 if sys.platform == "darwin":
     R.append(("coreml", "coremltools", "coremltools", "import"))
 P = [(f, n, subprocess.Popen([sys.executable, "-c", C, n, d, h], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
@@ -264,7 +266,7 @@ def _parse_probe(stdout: str) -> dict[str, Any] | None:
 
 def _apply_probe(info: DeviceInfo, probe: dict[str, Any] | None, python: str | None, why_not: str) -> None:
     if probe is None:
-        info.runtimes = {f: None for f in ("onnx", "tflite", "executorch", "coreml")}
+        info.runtimes = {f: None for f in ("onnx", "tflite", "executorch", "coreml", "torchscript")}
         info.missing = {f: why_not for f in info.runtimes}
         return
     info.python = probe.get("python") or python

@@ -1,4 +1,4 @@
-"""torch -> torch compression stages: distillation, pruning (and the shared training loop).
+"""torch -> torch compression stages: distillation, pruning, quantization-aware training (and the shared training loop).
 
 Names are imported lazily so ``import edgeship.compress`` stays cheap (Torch-Pruning loads only when a
 pruning function is used; ``compress.quantize`` is independent of this file). ``edgeship.compress.distill``
@@ -15,7 +15,7 @@ _EXPORTS = {
     "has_pruning_hooks": "prune", "make_permanent": "prune", "shrink_width": "prune", "sweep": "prune",
     "plot_sweep": "prune", "SweepRow": "prune", "count_macs": "prune", "count_params": "prune",
     "train_classifier": "train", "TrainConfig": "train", "evaluate": "train", "Progress": "train",
-    "FitResult": "train",
+    "FitResult": "train", "qat_finetune": "qat", "QATConfig": "qat", "QATResult": "qat",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -48,12 +48,20 @@ def compress_model(spec: ModelSpec, recipe: Recipe, data_ref: str | None, eval_r
     calibration source and the eval data."""
     data_ref = data_ref or recipe.data
     eval_ref = eval_ref or recipe.eval or data_ref
+    qat = recipe.quantize.qat if recipe.quantize else None
+    if qat and not data_ref:
+        raise EdgeshipError("quantize.qat fine-tunes the model with int8 fake-quantization and needs labelled training data, "
+                            "but no data was given", hint="add --data DATA (e.g. digits) or `data:` to the recipe, or drop quantize.qat")
     needs_data = recipe.train or recipe.distill or (recipe.prune and recipe.prune.finetune_epochs)
     if needs_data and not data_ref:
         raise EdgeshipError("this recipe trains or fine-tunes, but no data was given", hint="add --data DATA (e.g. digits) or `data:` to the recipe")
+    _check_quantize(spec, recipe, eval_ref)
     train = val = None
     if data_ref:
         train, val = data_splits(data_ref, spec)
+        if qat and train.y is None:
+            raise EdgeshipError(f"quantize.qat needs labelled training data; {data_ref!r} has no labels",
+                                hint="an image folder per class, or an .npz with y")
     eval_data = eval_split(eval_ref, spec) if eval_ref else None
     record: dict = {"recipe": recipe.to_dict(), "data": data_ref, "eval": eval_ref, "stages": []}
     stages = record["stages"]
@@ -72,8 +80,32 @@ def compress_model(spec: ModelSpec, recipe: Recipe, data_ref: str | None, eval_r
         current = _distill(teacher, recipe, train, val, eval_data, stages, progress)
     if recipe.prune:
         current = _prune(current, recipe, train, val, eval_data, stages, progress)
+    if qat:
+        current = _qat(current, recipe, train, val, eval_data, stages, progress)
     calib = train if train is not None else None
     return current, record, calib, eval_data
+
+
+def _check_quantize(spec: ModelSpec, recipe: Recipe, eval_ref: str | None) -> None:
+    """Before any training: quantize.layers names layers the model has, and a budget has labelled eval data."""
+    q = recipe.quantize
+    if q is None:
+        return
+    if q.layers and not (recipe.distill and recipe.distill.student):   # a derived student keeps the teacher's names
+        q.keep_float(spec.module)
+    if q.max_accuracy_drop is not None and not eval_ref:
+        raise EdgeshipError("quantize.max_accuracy_drop needs labelled eval data, but none was given",
+                            hint="add --eval DATA (or `eval:` / `data:` to the recipe)")
+
+
+def quant_options(spec: ModelSpec, recipe: Recipe) -> dict:
+    """ExportOptions' per-layer int8 fields from the recipe's quantize section, for the final model ``spec``:
+    ``quant`` (the layers quantize.layers resolves to null) and ``max_accuracy_drop``."""
+    from .quantize import QuantOptions
+    q = recipe.quantize
+    if q is None:
+        return {}
+    return {"quant": QuantOptions(q.keep_float(spec.module)), "max_accuracy_drop": q.max_accuracy_drop}
 
 
 def _distill(teacher, recipe: Recipe, train, val, eval_data, stages, progress) -> ModelSpec:
@@ -112,4 +144,21 @@ def _prune(current, recipe: Recipe, train, val, eval_data, stages, progress) -> 
     res = prune(current, p.sparsity, p.method, **kw)
     stages.append(_stage(f"prune-{p.method}", res.spec, eval_data, sparsity_target=p.sparsity, sparsity=res.sparsity,
                          macs_ratio=res.macs_ratio, params_ratio=res.params_ratio))
+    return res.spec
+
+
+def _qat(current, recipe: Recipe, train, val, eval_data, stages, progress) -> ModelSpec:
+    """Quantization-aware fine-tune (compress/qat.py); the float module with the fine-tuned weights goes on to
+    every format's own int8 quantizer. The stage row holds the float accuracy and, in torch, the int8 accuracy of
+    the QAT graph and of plain PTQ before and after the fine-tune."""
+    from .qat import QATConfig, qat_finetune
+    q = recipe.quantize
+    cfg = QATConfig(q.qat.epochs, q.qat.lr, q.qat.batch_size, q.qat.seed, calib_samples=q.calib_samples)
+    keep = q.keep_float(current.module) if q.layers else ()
+    res = qat_finetune(current, train, val, cfg, calib=train.calibration(q.calib_samples), progress=progress,
+                       eval_data=eval_data, keep_float=keep)
+    stages.append(_stage("qat", res.spec, eval_data, qat_accuracy=res.qat_accuracy, ptq_accuracy=res.ptq_accuracy,
+                         ptq_after_qat_accuracy=res.ptq_after_qat_accuracy, epochs_run=res.fit.epochs_run, lr=cfg.lr,
+                         note="the fine-tuned float weights go on to every format's own int8 quantizer; "
+                              "qat/ptq accuracies are the int8 graphs in PyTorch"))
     return res.spec

@@ -14,6 +14,7 @@ EXPORTERS: dict[str, str] = {
     "tflite": "edgeship.export.tflite:TFLiteExporter",
     "executorch": "edgeship.export.executorch:ExecuTorchExporter",
     "coreml": "edgeship.export.coreml:CoreMLExporter",
+    "torchscript": "edgeship.export.torchscript:TorchScriptExporter",   # legacy PyTorch Mobile (.ptl): opt-in only
 }
 DEFAULT_FORMATS = ("onnx", "tflite", "executorch", "coreml")
 
@@ -38,7 +39,14 @@ class Exporter(Protocol):
     extra: ClassVar[str]                # the pip extra that installs its converter
     module: ClassVar[str]               # the converter's import name, to say what is missing
 
-    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None) -> Exported: ...
+    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None, quant=None) -> Exported:
+        """Make one artifact in ``out_dir``. ``calib``: calibration inputs for int8 (compress.quantize's
+        ``calibration_inputs`` accepts them). ``quant``: a ``compress.quantize.QuantOptions`` or None, passed only
+        for quantized precisions when it asks for something: the layers in ``quant.keep_float`` stay float with
+        the format's own quantizer, and the artifact says which layers it really kept float
+        (``details["float_layers"]`` and a note, read back from the file; ``compress.quantize.layers_note``),
+        or that it could not."""
+        ...
 
 
 def artifact_name(precision: str, suffix: str) -> str:

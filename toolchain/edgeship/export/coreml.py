@@ -34,7 +34,7 @@ class CoreMLExporter:
     extra = "coreml"
     module = "coremltools"
 
-    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None) -> Exported:
+    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None, quant=None) -> Exported:
         import torch
         ct = require("coremltools", self.extra, "Core ML export")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,19 +52,29 @@ class CoreMLExporter:
         try:
             # Without run_decompositions coremltools refuses ("Provided Dialect: TRAINING"); an empty table keeps
             # composite ops (attention, layer norm) whole, which Core ML has kernels for.
-            mlmodel = convert(ep.run_decompositions({}))
+            program = ep.run_decompositions({})
+            mlmodel = convert(program)
         except NotImplementedError as e:
             if "Unsupported fx node" not in str(e):
                 raise
             # An op coremltools lacks (e.g. lstm): decompose to core ATen and try once more.
             log.info("coremltools: %s; retrying with core ATen decompositions", e)
-            mlmodel = convert(ep.run_decompositions())
+            program = ep.run_decompositions()
+            mlmodel = convert(program)
             notes.append(f"converted after decomposing to core ATen ops ({str(e).split(',')[0]})")
         details = {"compute_precision": compute}
         if precision in WEIGHT_COMPRESSION:
-            mlmodel, cnotes, cdetails = compress_weights(mlmodel, precision)
+            from ..compress.quantize import fx_layer_scopes, layer_details, layers_note
+            keep = quant.keep_float if quant is not None else frozenset()
+            scopes = fx_layer_scopes(program.graph)
+            scopes |= {name: scopes.get(fx, set()) for name, fx in zip(out_names, _fx_outputs(program.graph))}
+            mlmodel, cnotes, cdetails = compress_weights(mlmodel, precision, keep_ops(mlmodel, scopes, keep))
             notes += cnotes
             details |= cdetails
+            layers = layer_precisions(mlmodel, scopes, spec.module, precision)
+            details |= layer_details(layers, precision)
+            if keep:
+                notes += layers_note(keep, layers)
         mlmodel.short_description = f"{spec.name} exported by edgeship"
         tmp = path.with_name(f".tmp-{path.name}")  # coremltools insists on the .mlpackage suffix
         if tmp.exists():
@@ -82,21 +92,22 @@ WEIGHT_THRESHOLD = 64   # compress weights with more elements than this (coremlt
 COMPRESSED_OPS = ("constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_blockwise_shift_scale")
 
 
-def compress_weights(mlmodel, precision: str):
-    """Compress an ML Program's weights: w8 linear int8 per channel, w6/w4 k-means palettization.
+def compress_weights(mlmodel, precision: str, skip_ops=()):
+    """Compress an ML Program's weights: w8 linear int8 per channel, w6/w4 k-means palettization; the ops named
+    in ``skip_ops`` keep float weights (``op_name_configs`` set to None).
     Returns (model, notes, details); details count the compressed weights (constexpr ops in the program)."""
     from coremltools.optimize import coreml as cto
 
     if precision == "w8":
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                          weight_threshold=WEIGHT_THRESHOLD)
-        model = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+        model = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op, op_name_configs=dict.fromkeys(skip_ops)))
         note = "w8: int8 weights (linear symmetric, per output channel), dequantized at load; fp16 compute"
     else:
         nbits = int(precision[1:])
         op = cto.OpPalettizerConfig(mode="kmeans", nbits=nbits, granularity="per_tensor",
                                     weight_threshold=WEIGHT_THRESHOLD)
-        model = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+        model = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op, op_name_configs=dict.fromkeys(skip_ops)))
         note = f"{precision}: {nbits}-bit palettized weights (k-means look-up table of {2 ** nbits} per tensor); fp16 compute"
     counts = program_ops(model)
     compressed = sum(counts.get(k, 0) for k in COMPRESSED_OPS)
@@ -104,6 +115,54 @@ def compress_weights(mlmodel, precision: str):
                    "and norms stay fp16)",
              "activations stay fp16: activation quantization (iOS 17+) is not applied"]
     return model, notes, {"compressed_weights": compressed, "compression_ops": {k: counts[k] for k in COMPRESSED_OPS if k in counts}}
+
+
+LAYER_OPS = ("conv", "conv_transpose", "linear", "matmul")
+
+
+def _fx_name(var_name: str) -> str:
+    """An ML Program variable's torch.export node name (coremltools names variables after the FX nodes; the fp16
+    pass appends ``_cast_fp16``)."""
+    return var_name.removesuffix("_cast_fp16")
+
+
+def _fx_outputs(graph) -> list[str]:
+    """The FX node names of the graph's outputs, in order: the ML Program renames those variables to the
+    model's output names."""
+    import torch
+    out = next(n for n in graph.nodes if n.op == "output")
+    names: list[str] = []
+    torch.fx.node.map_arg(out.args[0], lambda n: names.append(n.name))
+    return names
+
+
+def keep_ops(mlmodel, scopes: dict[str, set[str]], keep) -> list[str]:
+    """Names of the ML Program's conv/linear ops that come from the layers in ``keep``, for ``op_name_configs``:
+    each op's output variable is named after its FX node, whose module paths ``scopes`` holds
+    (``compress.quantize.fx_layer_scopes``: a conv fused with its batch norm carries the batch norm's name)."""
+    from ..compress.quantize import covered
+    if not keep:
+        return []
+    return [op.name for op in mlmodel._mil_program.functions["main"].operations
+            if op.op_type in LAYER_OPS and covered(scopes.get(_fx_name(op.outputs[0].name), ()), keep)]
+
+
+def layer_precisions(mlmodel, scopes: dict[str, set[str]], module, compressed: str) -> dict[str, str]:
+    """Conv/Linear layer -> ``compressed`` (its weight comes from a constexpr op) | "float", read from the spec."""
+    from ..compress.quantize import quantizable_layers
+    layers = set(quantizable_layers(module))
+    out: dict[str, str] = {}
+    for fn in mlmodel.get_spec().mlProgram.functions.values():
+        for block in fn.block_specializations.values():
+            producer = {o.name: op.type for op in block.operations for o in op.outputs}
+            for op in block.operations:
+                if op.type not in LAYER_OPS or "weight" not in op.inputs or not op.inputs["weight"].arguments:
+                    continue
+                mine = [p for p in scopes.get(_fx_name(op.outputs[0].name), ()) if p in layers]
+                if len(mine) == 1:
+                    kind = producer.get(op.inputs["weight"].arguments[0].name, "")
+                    out[mine[0]] = compressed if kind.startswith("constexpr_") else "float"
+    return out
 
 
 def program_ops(mlmodel) -> dict[str, int]:

@@ -2,6 +2,12 @@
 
 int8: PT2E static quantization with XNNPACK's own quantizer (per-channel symmetric int8 weights, per-tensor int8
 activations), calibrated, then exported again and lowered like fp32; the Q/DQ pairs become XNNPACK's int8 kernels.
+
+dynamic-int8, and int8 of a model that takes integer inputs (token ids, transformer-style, as the ONNX exporter
+does): the same quantizer in dynamic mode: int8 weights, activations quantized per inference (XNNPACK's QD8
+kernels). Measured on the MiniLM-sized encoder, 1 thread CPU time: fp32 57.2 ms, static int8 54.0 ms (22.5 dB),
+dynamic 49.8 ms (28.4 dB): faster and more faithful, since nothing is calibrated and LayerNorm/softmax stay float
+without quantize/dequantize pairs around them.
 """
 from __future__ import annotations
 
@@ -20,11 +26,11 @@ class ExecuTorchExporter:
     format = "executorch"
     suffix = ".pte"
     runtime = "executorch"
-    precisions = frozenset({"fp32", "fp16", "int8"})
+    precisions = frozenset({"fp32", "fp16", "int8", "dynamic-int8"})
     extra = "executorch"
     module = "executorch.exir"
 
-    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None) -> Exported:
+    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None, quant=None) -> Exported:
         import torch
         exir = require("executorch.exir", self.extra, "ExecuTorch export")
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -38,15 +44,22 @@ class ExecuTorchExporter:
             args = tuple(a.half() if a.is_floating_point() else a for a in args)
             notes.append("fp16 model: float inputs and outputs are float16 in the .pte")
         pt2e = None
-        if precision == "int8":
-            pt2e = _quantize(spec, calib)
+        if precision in ("int8", "dynamic-int8"):
+            dynamic = precision == "dynamic-int8" or any(not i.dtype.startswith("float") for i in spec.inputs)
+            pt2e = _quantize(spec, calib, quant, dynamic=dynamic, why="requested" if precision == "dynamic-int8"
+                             else "the model takes integer inputs (token ids)")
             module = pt2e.module
             notes += pt2e.notes
         ep = torch.export.export(module, args, strict=False)
         edge = exir.to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
         details = delegation(edge.exported_program().graph_module)
         if pt2e is not None:
-            details["observer"] = pt2e.observer
+            from ..compress.quantize import layer_details, layers_note
+            layers = lowered_layers(edge.exported_program().graph_module)
+            details |= layer_details(layers)
+            if quant is not None and quant.keep_float:
+                notes += layers_note(quant.keep_float, layers)
+            details["observer"] = "dynamic" if dynamic else pt2e.observer
             details["calibration_sqnr_db"] = pt2e.tried
             if any(k in details["portable_ops"] for k in ("quantize_per_tensor", "dequantize_per_tensor",
                                                          "quantize_per_channel", "dequantize_per_channel")):
@@ -60,18 +73,39 @@ class ExecuTorchExporter:
         return Exported(path, precision, notes, details)
 
 
-def _quantize(spec: ModelSpec, calib):
-    """PT2E static int8 with XNNPACK's quantizer, calibrated on ``calib`` (see compress.quantize)."""
+def _quantize(spec: ModelSpec, calib, quant=None, dynamic: bool = False, why: str = "requested"):
+    """PT2E int8 with XNNPACK's quantizer: static, calibrated on ``calib`` (see compress.quantize), or ``dynamic``
+    (activations quantized per inference; ``calib`` only measures). The layers in ``quant.keep_float`` stay float
+    (they run as float ops, inside XNNPACK's delegates where it has them)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
 
-    from ..compress.quantize import calibration_inputs, quantize_pt2e
+    from ..compress.quantize import OBSERVERS, calibration_inputs, quantize_pt2e
 
     samples, notes = calibration_inputs(spec, calib)
-    result = quantize_pt2e(spec.module, spec.example_inputs(), lambda: get_symmetric_quantization_config(is_per_channel=True),
-                           lambda config: XNNPACKQuantizer().set_global(config), samples)
+    result = quantize_pt2e(spec.module, spec.example_inputs(),
+                           lambda: get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic),
+                           lambda config: XNNPACKQuantizer().set_global(config), samples,
+                           observers=("minmax",) if dynamic else OBSERVERS,   # no activation observer when dynamic
+                           keep_float=quant.keep_float if quant is not None else ())
+    if dynamic:
+        result.notes[0] = (f"dynamic int8 (XNNPACK quantizer, dynamic; {why}): per-channel symmetric int8 weights, "
+                           "activations quantized per inference (XNNPACK QD8 kernels), float32 I/O")
+        notes = [n.replace("calibrated on", "measured on") for n in notes if "real data" not in n]
     result.notes[:0] = notes
     return result
+
+
+def lowered_layers(gm) -> dict[str, str]:
+    """Conv/linear layer -> "int8" | "float" in the lowered program, read from the graphs XNNPACK's delegates
+    were made from (and the ops left outside them)."""
+    from ..compress.quantize import graph_layer_precisions
+
+    layers = graph_layer_precisions(gm)
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and hasattr(getattr(gm, node.target, None), "original_module"):
+            layers |= graph_layer_precisions(getattr(gm, node.target).original_module.graph_module)
+    return layers
 
 
 def delegation(gm) -> dict:

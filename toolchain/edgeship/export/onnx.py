@@ -1,7 +1,7 @@
 """ONNX: torch.onnx (dynamo) -> onnx.checker -> optional onnxslim; runs in onnxruntime.
 
 int8: onnxruntime.quantization on the fp32 graph (after ``quant_pre_process``). Float inputs: static QDQ with
-per-channel int8 weights and int8 activations, calibrated (min/max first; percentile and entropy calibration when
+per-channel int8 weights and uint8 activations (U8S8: the x86 fast path), calibrated (min/max first; percentile and entropy calibration when
 min/max misses the SQNR target, measured in onnxruntime). Integer inputs (token ids, transformer-style): dynamic
 quantization instead (int8 weights, activations quantized at run time), which measured 40 dB where static QDQ kept
 only 19.5-20 dB on the tiny transformer. ``dynamic-int8`` asks for the dynamic recipe on any model.
@@ -35,7 +35,7 @@ class OnnxExporter:
     def __init__(self, simplify: bool = True):
         self.simplify = simplify
 
-    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None) -> Exported:
+    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None, quant=None) -> Exported:
         import torch
         onnx = require("onnx", self.extra, "ONNX export")
         require("onnxscript", self.extra, "ONNX export")
@@ -52,6 +52,7 @@ class OnnxExporter:
             model = onnx.load(str(raw))
         onnx.checker.check_model(model, full_check=True)
         notes, details = [], {"opset": OPSET, "nodes": len(model.graph.node)}
+        scopes = node_scopes(model, spec.module)   # read before onnxslim, which drops node metadata
         if precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
             model = convert_float_to_float16(model, keep_io_types=True)
@@ -60,7 +61,7 @@ class OnnxExporter:
             model, note = _slim(model, [t.numpy() for t in spec.example_inputs(seed=7)])
             notes.append(note)
         if precision in ("int8", "dynamic-int8"):
-            model, qnotes, qdetails = _quantize(onnx, model, spec, precision, calib, out_dir)
+            model, qnotes, qdetails = _quantize(onnx, model, spec, precision, calib, out_dir, quant, scopes)
             notes += qnotes
             details |= qdetails
         details["nodes_after"] = len(model.graph.node)
@@ -68,8 +69,9 @@ class OnnxExporter:
         return Exported(path, precision, notes, details)
 
 
-def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path):
-    """onnxruntime int8 of the fp32 ``model``: returns (quantized model, notes, details)."""
+def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path, quant=None, scopes=None):
+    """onnxruntime int8 of the fp32 ``model``: returns (quantized model, notes, details). The nodes of the layers
+    in ``quant.keep_float`` (found through ``scopes``, see :func:`node_scopes`) go to ``nodes_to_exclude``."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                          quantize_dynamic, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -89,11 +91,15 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
             log.warning("onnxruntime quant_pre_process failed, quantizing without it: %s", e)
             notes.append(f"quantized without quant_pre_process (it failed: {type(e).__name__})")
             pre = fp32
+        keep = quant.keep_float if quant is not None else frozenset()
+        exclude = excluded_nodes(onnx.load(str(pre)), scopes or {}, keep) if keep else []
         if dynamic:
             out = Path(tmp) / "dynamic.onnx"
             # reduce_range: 7-bit weights. onnxruntime's x86 u8s8 int8 GEMM kernels can saturate with full 8-bit
             # weights; on the tiny transformer 8-bit kept 12 dB SQNR, 7-bit 40 dB.
-            quantize_dynamic(str(pre), str(out), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
+            # quantize_dynamic turns each Gemm into "<name>_MatMul" + "<name>_Add" before it looks at the names
+            quantize_dynamic(str(pre), str(out), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=exclude + [f"{n}_MatMul" for n in exclude])
             why = "the model takes integer inputs (token ids)" if integer_inputs and precision == "int8" else "requested"
             notes.append(f"dynamic int8 (onnxruntime quantize_dynamic; {why}): per-channel int8 weights (7-bit range, "
                          "reduce_range, to avoid saturation in x86 int8 kernels), activations quantized at run time, "
@@ -119,16 +125,20 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
                     out = Path(tmp) / f"static-{method.name}.onnx"
                     # reduce_range (7-bit weights): onnxruntime's x86 int8 kernels without VNNI (AVX2) saturate
                     # with full 8-bit weights. Measured on the digits demo CNN: 14.0 dB -> 31.8 dB SQNR.
+                    # uint8 activations (U8S8), onnxruntime's x86 format: with int8 activations (S8S8) its graph
+                    # optimizer left 15 of MobileNetV2's 52 convs as DequantizeLinear -> float Conv ->
+                    # QuantizeLinear, the residual Adds in float and 32 layout Transposes; with uint8 every conv
+                    # becomes QLinearConv and every Add QLinearAdd (2 Transposes), the same 48 dB SQNR.
                     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                                    calibrate_method=method, reduce_range=True)
+                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                    calibrate_method=method, reduce_range=True, nodes_to_exclude=exclude)
                     return out
                 return make
 
             methods = (CalibrationMethod.MinMax, CalibrationMethod.Percentile, CalibrationMethod.Entropy)
             path, kept, tried = pick_best([(m.name.lower(), static(m)) for m in methods],
                                           lambda p: runtime_sqnr(p, measure_on, reference))
-            notes.append(f"static int8 (onnxruntime quantize_static, QDQ): per-channel 7-bit (reduce_range) int8 weights, per-tensor int8 "
+            notes.append(f"static int8 (onnxruntime quantize_static, QDQ): per-channel 7-bit (reduce_range) int8 weights, per-tensor uint8 "
                          f"activations ({kept} calibration), float32 I/O")
             if len(tried) > 1:
                 notes.append(tried_note(tried, kept))
@@ -137,10 +147,81 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
             details |= {"quantizer": "onnxruntime quantize_static (QDQ)", "calibration": kept,
                         "calibration_sqnr_db": tried, "calibration_samples": len(samples)}
             made = onnx.load(str(path))
+    from ..compress.quantize import layer_details, layers_note
+    layers = layer_precisions(onnx, made, spec.module, scopes)
+    details |= layer_details(layers)
+    if keep:
+        details["nodes_excluded"] = exclude
+        notes += layers_note(keep, layers)
     ops = Counter(n.op_type for n in made.graph.node)
     details["int8_ops"] = {k: v for k, v in sorted(ops.items()) if k in INT8_OPS}
     details["float_ops"] = {k: v for k, v in sorted(ops.items()) if k not in INT8_OPS}
     return made, notes, details
+
+
+def node_scopes(model, module) -> dict[str, set[str]]:
+    """ONNX node name, and each node's output tensor names -> the torch module paths it comes from: the exporter's
+    ``pkg.torch.onnx.name_scopes`` metadata, plus the owner of each parameter it reads. Both are needed: a conv
+    fused with its batch norm carries the batch norm's scopes but still reads the conv's weight
+    (``features.0.0.weight``). Outputs are keys too because onnxslim renames some nodes after their output."""
+    import ast
+
+    modules = {n for n, _ in module.named_modules() if n}
+    inits = {i.name for i in model.graph.initializer}
+    out: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        paths: set[str] = set()
+        meta = {p.key: p.value for p in node.metadata_props}
+        try:
+            paths |= {p for p in ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))[:-1] if p}  # last: the op
+        except (ValueError, SyntaxError):
+            pass
+        paths |= {name.rsplit(".", 1)[0] for name in node.input if name in inits and name.rsplit(".", 1)[0] in modules}
+        for key in (node.name, *node.output):
+            out.setdefault(key, set()).update(paths)
+    return out
+
+
+def excluded_nodes(model, scopes: dict[str, set[str]], keep) -> list[str]:
+    """Names of the nodes of ``model`` (the graph onnxruntime quantizes) that belong to the layers in ``keep``,
+    found by node name or, where a node was renamed, by its outputs."""
+    from ..compress.quantize import covered
+    return [n.name for n in model.graph.node
+            if covered(scopes.get(n.name, set()).union(*(scopes.get(o, set()) for o in n.output)), keep)]
+
+
+def layer_precisions(onnx, model, module, scopes: dict[str, set[str]] | None = None) -> dict[str, str]:
+    """Conv/Linear layer -> "int8" | "float" in a quantized graph. By its weight initializer first: onnxruntime
+    stores a quantized weight as int8 ``<name>_quantized``; a layer left float keeps its float ``<module>.weight``
+    (dynamic quantization transposes Gemm weights first: ``<module>.weight_Transposed``). Then, for weights the
+    exporter renamed, by the node and its ``scopes`` (:func:`node_scopes`): an integer op, or a conv/matmul whose
+    weight is a float constant (float) or the dequantized int8 one (int8)."""
+    from ..compress.quantize import quantizable_layers
+
+    layers = set(quantizable_layers(module))
+    out: dict[str, str] = {}
+    for init in model.graph.initializer:
+        owner, _, leaf = init.name.removesuffix("_quantized").removesuffix("_Transposed").rpartition(".")
+        if leaf == "weight" and owner in layers:
+            out[owner] = "int8" if init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) else "float"
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul", "ConvInteger", "MatMulInteger") or len(node.input) < 2:
+            continue
+        base = node.name.removesuffix("_quant").removesuffix("_MatMul")   # onnxruntime's renames
+        paths = (scopes or {}).get(node.name) or (scopes or {}).get(base) or set()
+        mine = [p for p in paths if p in layers]
+        if len(mine) != 1 or mine[0] in out:
+            continue
+        w, dq = node.input[1], producer.get(node.input[1])
+        if node.op_type.endswith("Integer"):
+            out[mine[0]] = "int8"
+        elif w in inits and inits[w].data_type == onnx.TensorProto.FLOAT:
+            out[mine[0]] = "float"
+        elif dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            out[mine[0]] = "int8"
+    return out
 
 
 def _slim(model, feeds: list):

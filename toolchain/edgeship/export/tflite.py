@@ -6,8 +6,9 @@ then measured in the LiteRT interpreter on the calibration inputs; below the int
 ``static_wi8_ai8`` on the fp32 .tflite is tried too and the better one is kept (measured on the tiny CNN and tiny
 transformer: PT2E 49.7 / 40.6 dB, ai-edge-quantizer 49.7 / 11.7 dB).
 
-dynamic-int8: ai-edge-quantizer ``dynamic_wi8_afp32`` on the fp32 .tflite (int8 weights, float activations
-quantized on the fly). PT2E dynamic int8 is not used: with an embedding it converts but fails at run time.
+dynamic-int8, and int8 of a model with integer inputs (token ids): ai-edge-quantizer ``dynamic_wi8_afp32`` on the
+fp32 .tflite (int8 weights, float activations quantized on the fly). PT2E dynamic int8 is not used: with an
+embedding it converts but fails at run time.
 """
 from __future__ import annotations
 
@@ -38,14 +39,19 @@ class TFLiteExporter:
     extra = "tflite"
     module = "litert_torch"
 
-    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None) -> Exported:
+    def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None, quant=None) -> Exported:
         litert_torch = require("litert_torch", self.extra, "TFLite export")
+        keep = quant.keep_float if quant is not None else frozenset()
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / artifact_name(precision, self.suffix)
         tmp = path.with_name(path.name + ".tmp")
         notes, details = [], {}
-        if precision == "int8":
-            notes, details = _static_int8(litert_torch, spec, calib, tmp)
+        # int8 of a model with integer inputs (token ids) is dynamic, as for ONNX and ExecuTorch: measured on the
+        # MiniLM-sized encoder (1 thread CPU time) static 33.5 ms at 25.6 dB, dynamic 31.1 ms at 28.7 dB, fp32 36.2 ms
+        dynamic = precision == "dynamic-int8" or (precision == "int8" and any(not i.dtype.startswith("float")
+                                                                                for i in spec.inputs))
+        if precision == "int8" and not dynamic:
+            notes, details = _static_int8(litert_torch, spec, calib, tmp, keep)
         else:
             model = litert_torch.convert(spec.module, spec.example_inputs())
             model.export(str(tmp))
@@ -54,13 +60,20 @@ class TFLiteExporter:
         if precision == "fp16":
             _apply_recipe(tmp, FP16_RECIPE)
             notes.append("fp16 weights (ai-edge-quantizer float casting), float32 compute and I/O")
-        if precision == "dynamic-int8":
+        if dynamic:
             from ai_edge_quantizer import recipe
-            _apply_recipe(tmp, recipe.dynamic_wi8_afp32())
+            _apply_recipe(tmp, keep_float_recipe(recipe.dynamic_wi8_afp32(), tmp, spec.module, keep))
             details = _inspect(tmp)
-            notes.append("dynamic int8 (ai-edge-quantizer dynamic_wi8_afp32): per-channel int8 weights, float32 "
+            why = "requested" if precision == "dynamic-int8" else "the model takes integer inputs (token ids)"
+            notes.append(f"dynamic int8 (ai-edge-quantizer dynamic_wi8_afp32; {why}): per-channel int8 weights, float32 "
                          "activations quantized on the fly, float32 I/O; run it with ai-edge-litert (tflite-runtime "
                          "2.14 gives different results on such files)")
+        if precision in ("int8", "dynamic-int8"):
+            from ..compress.quantize import layer_details, layers_note
+            layers = layer_precisions(tmp, spec.module)
+            details |= layer_details(layers)
+            if keep:
+                notes += layers_note(keep, layers)
         os.replace(tmp, path)
         return Exported(path, precision, notes, details)
 
@@ -76,8 +89,10 @@ def _apply_recipe(path: Path, recipe, calibration: dict | None = None) -> None:
     os.replace(out, path)
 
 
-def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path) -> tuple[list[str], dict]:
-    """Full-integer static int8 into ``tmp``: PT2E first; ai-edge-quantizer static when PT2E misses the target."""
+def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path, keep=frozenset()) -> tuple[list[str], dict]:
+    """Full-integer static int8 into ``tmp``: PT2E first; ai-edge-quantizer static when PT2E misses the target.
+    The layers in ``keep`` stay float in both (PT2E: compress.quantize.select_layers; ai-edge-quantizer:
+    no_quantize entries, see :func:`keep_float_recipe`)."""
     from ..compress.quantize import (TARGET_DB, calibration_inputs, low_sqnr_note, pick_best, quantize_pt2e,
                                      reference_outputs, runtime_sqnr, tried_note)
 
@@ -93,7 +108,7 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path) -> tuple[list[
 
         config = lambda: get_symmetric_quantization_config(is_per_channel=True)  # noqa: E731
         res = quantize_pt2e(spec.module, spec.example_inputs(), config, lambda c: PT2EQuantizer().set_global(c),
-                            samples, fold_quantize=False)
+                            samples, fold_quantize=False, keep_float=keep)
         out = work / "pt2e.tflite"
         quant = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(config()))
         litert_torch.convert(res.module, spec.example_inputs(), quant_config=quant).export(str(out))
@@ -111,7 +126,7 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path) -> tuple[list[
         wanted = it.get_signature_runner(key).get_input_details()
         data = {key: [{name: t.numpy().astype(wanted[name]["dtype"]) for name, t in zip(sig["inputs"], s)}
                       for s in samples]}
-        _apply_recipe(out, recipe.static_wi8_ai8(), data)
+        _apply_recipe(out, keep_float_recipe(recipe.static_wi8_ai8(), out, spec.module, keep), data)
         made_notes["ai-edge-quantizer"] = ["static int8 with ai-edge-quantizer static_wi8_ai8 (int8 weights and "
                                            "activations, min/max calibration)"]
         return out
@@ -134,6 +149,77 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path) -> tuple[list[
         notes.append(f"{', '.join(quantized_io)} int8 in the file: quantize inputs and dequantize outputs with each "
                      "tensor's scale and zero point (the manifest lists them; edgeship_runtime does it)")
     return notes, details
+
+
+def layer_location(module, name: str) -> str:
+    """The location litert-torch writes into tensor names for the ops of submodule ``name``:
+    ``RootClass/pkg.Class_attr/...`` (class full names, each with its attribute name), as in its debuginfo. Only
+    modules that are called appear: a ModuleList or ModuleDict is not (its items are)."""
+    import torch
+
+    def full(m) -> str:
+        cls = type(m)
+        return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    parts, m = [full(module)], module
+    for attr in name.split("."):
+        m = getattr(m, attr)
+        if not isinstance(m, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            parts.append(f"{full(m)}_{attr}")
+    return "/".join(parts)
+
+
+def keep_float_recipe(recipe: list, path: Path, module, keep) -> list:
+    """An ai-edge-quantizer recipe for the float .tflite at ``path`` plus one ``no_quantize`` entry per conv /
+    fully-connected op of the layers in ``keep``. Entries match an op's scope (its output tensor names joined by
+    ';'), and the last matching entry wins; the scope is taken from the file, since the op that makes a model
+    output is named after the output, not after its layer."""
+    import re
+
+    from ..compress.quantize import covered
+    entries = []
+    for layer, op, _, tensors in _layer_ops(path, module):
+        if covered([layer], keep):
+            scope = ";".join(tensors[int(i)]["name"] for i in op["outputs"] if int(i) >= 0) + ";"
+            entries.append({"regex": "^" + re.escape(scope) + "$", "operation": "*", "algorithm_key": "no_quantize"})
+    return list(recipe) + entries
+
+
+LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+def _layer_ops(path: Path, module):
+    """``(layer, op, weight tensor, tensors)`` for each conv / fully-connected op of a .tflite whose weight tensor
+    is named after one Conv/Linear layer of ``module``. Tensor names are ';'-separated locations (several when
+    the converter folded ops together, e.g. a batch norm into its conv); see :func:`layer_location`."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from ..compress.quantize import quantizable_layers
+
+    where = {layer_location(module, n): n for n in quantizable_layers(module)}
+    it = Interpreter(model_path=str(path))
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    try:
+        ops = it._get_ops_details()   # the interpreter's (experimental) op list: op names and tensor indices
+    except AttributeError:
+        log.info("this ai-edge-litert has no _get_ops_details; per-layer precisions cannot be read")
+        return
+    for op in ops:
+        if op["op_name"] not in LAYER_OPS or len(op["inputs"]) < 2 or int(op["inputs"][1]) not in tensors:
+            continue
+        w = tensors[int(op["inputs"][1])]
+        found = {where[p] for p in w["name"].split(";") if p in where}
+        if not found:   # a deduplicated constant ("arith.constant3"): the op's output names its layer
+            found = {where[p] for i in op["outputs"] if int(i) in tensors for p in tensors[int(i)]["name"].split(";")
+                     if p in where}
+        if len(found) == 1:
+            yield found.pop(), op, w, tensors
+
+
+def layer_precisions(path: Path, module) -> dict[str, str]:
+    """Conv/Linear layer -> "int8" | "float" in a .tflite, by the dtype of its op's weight tensor."""
+    import numpy as np
+    return {layer: "int8" if np.dtype(w["dtype"]).name in ("int8", "uint8", "int4") else "float"
+            for layer, _, w, _ in _layer_ops(path, module)}
 
 
 def _inspect(path: Path) -> dict:
