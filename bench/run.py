@@ -72,6 +72,18 @@ def runner_p50(path: Path, manifest: Path, threads: int, runs: int, warmup: int)
     return out
 
 
+def profile_compare(int8: Path, fp32: Path, threads: int, runs: int) -> dict | None:
+    """`edgeship profile INT8 --compare FP32`: per op kind, the int8 time against the fp32 time (same runtime)."""
+    argv = [sys.executable, "-m", "edgeship.cli", "profile", str(int8), "--compare", str(fp32), "--threads",
+            str(threads), "--runs", str(runs), "--warmup", "3", "--json"]
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    try:
+        return json.loads(r.stdout)["compare"]
+    except (json.JSONDecodeError, KeyError):
+        print(f"profile of {int8} failed: {r.stderr[-1500:]}", flush=True)
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="mobilenet_v2,minilm_encoder")
@@ -86,7 +98,7 @@ def main() -> None:
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
     results: dict = {"host": {"machine": platform.machine(), "cpu": _cpu(), "cores": os.cpu_count(),
-                              "python": platform.python_version()}, "models": {}}
+                              "python": platform.python_version(), "cpu_features": _cpu_features()}, "models": {}}
     for name in a.models.split(","):
         print(f"[{name}] exporting all four formats, fp32, with verification ...", flush=True)
         all4 = export_model(name, "onnx,tflite,executorch,coreml", "fp32", Path(a.out) / f"{name}-all4")
@@ -103,13 +115,19 @@ def main() -> None:
                 for art in order:
                     r = runner_p50(folder / art["path"], folder / "manifest.json", t, a.runs, a.warmup)
                     lat.setdefault(art["key"], {}).setdefault(t, []).append(r["latency_ms"]["p50"])
+        why = {}
+        for fmt in a.formats.split(","):
+            paths = {x["precision"]: folder / x["path"] for x in arts if x["format"] == fmt}
+            if "int8" in paths and "fp32" in paths:
+                print(f"[{name}] profiling {fmt} int8 against fp32, 1 thread", flush=True)
+                why[fmt] = profile_compare(paths["int8"], paths["fp32"], 1, a.runs)
         results["models"][name] = {
             "export_all4_s": all4["wall_s"], "export_all4_peak_rss_mb": all4["peak_rss_mb"],
             "export_all4": [{k: x.get(k) for k in ("key", "status", "size_bytes", "export_s", "parity", "error")} for x in all4["report"]["artifacts"]],
             "export_s": exp["wall_s"], "export_peak_rss_mb": exp["peak_rss_mb"],
             "artifacts": [{k: x.get(k) for k in ("key", "status", "size_bytes", "export_s", "parity", "error", "notes")} for x in exp["report"]["artifacts"]],
             "latency_p50_ms": {k: {t: statistics.median(v) for t, v in d.items()} for k, d in lat.items()},
-            "rounds": a.rounds, "runs": a.runs, "warmup": a.warmup,
+            "rounds": a.rounds, "runs": a.runs, "warmup": a.warmup, "profile_int8_vs_fp32": why,
         }
     Path(a.results).with_suffix(".json").write_text(json.dumps(results, indent=2))
     md = render(results, threads, " ".join(sys.argv[1:]))
@@ -117,6 +135,12 @@ def main() -> None:
     tmp.write_text(md)
     tmp.replace(a.results)
     print(md)
+
+
+def _cpu_features() -> dict:
+    sys.path.insert(0, str(ROOT / "runtimes"))
+    from edgeship_runtime.bench import cpu_features
+    return cpu_features()
 
 
 def _cpu() -> str | None:
@@ -134,7 +158,10 @@ def render(results: dict, threads: list[int], args: str) -> str:
     lines = [f"# edgeship bench results", "",
              f"Host: {h['cpu']}, {h['cores']} cores, {h['machine']}, Python {h['python']}. "
              f"Command: `python bench/run.py {args}`. Latency: p50 of the runner's timed runs, median over rounds "
-             f"(alternating order); eager = PyTorch fp32 in a separate process with the same thread count.", ""]
+             f"(alternating order); eager = PyTorch fp32 in a separate process with the same thread count.", "",
+             f"CPU flags: {' '.join((h.get('cpu_features') or {}).get('flags') or []) or 'unknown'}; int8 dot-product "
+             f"instructions (VNNI / AMX / Arm dotprod, i8mm): "
+             f"{', '.join((h.get('cpu_features') or {}).get('int8_dot_flags') or []) or 'none'}.", ""]
     for name, m in results["models"].items():
         lat = m["latency_p50_ms"]
         eager = lat["pytorch-eager:fp32"]
@@ -156,11 +183,35 @@ def render(results: dict, threads: list[int], args: str) -> str:
                 fp32 = lat.get(key.split(":")[0] + ":fp32", {}).get(t)
                 cells += [f"{p50:.2f}", f"{p50 / eager[t]:.2f}", "—" if fp32 is None or key.endswith("fp32") else f"{fp32 / p50:.2f}× faster" if p50 < fp32 else f"{p50 / fp32:.2f}× slower"]
             lines.append(f"| {key} | {size} | {ptxt} | " + " | ".join(cells) + " |")
+        lines += render_why(m.get("profile_int8_vs_fp32") or {})
         failed = [x for x in m["artifacts"] + m["export_all4"] if x["status"] != "ok"]
         for x in failed:
             lines.append(f"\n{x['key']} failed: {x.get('error')}")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def render_why(why: dict, top: int = 6) -> list[str]:
+    """Per runtime, the op kinds that decide int8's speed-up (from its own profiler, 1 thread)."""
+    lines = []
+    for fmt, cmp in why.items():
+        if not cmp:
+            continue
+        sp = cmp.get("speedup")
+        lines += ["", f"Why, {fmt} ({cmp['runtime']}, 1 thread, `edgeship profile <int8> --compare <fp32>`): "
+                      f"int8 {sp:.2f}× the fp32 speed in the profiled runs." if sp else ""]
+        if not cmp.get("per_op_times"):
+            kinds = ", ".join(f"{r['kind']} ({'/'.join(r['this_dtypes'])})" for r in cmp["rows"][:top])
+            lines.append(f"No per-op times from this runtime here (LiteRT's Python API has none; benchmark_model gives "
+                         f"them). The int8 file's ops (input dtypes): {kinds}. LiteRT runs them in XNNPACK, the "
+                         "kernel library whose int8 and float ops the ExecuTorch table times one by one.")
+            continue
+        lines += ["", "| op kind | calls | fp32 ms | int8 ms | speed-up | int8 dtype |", "|---|---|---|---|---|---|"]
+        for r in cmp["rows"][:top]:
+            x = f"{r['speedup']:.2f}×" if r.get("speedup") else "—"
+            lines.append(f"| {r['kind']} | {r['calls']} | {r['baseline_ms']:.3f} | {r['this_ms']:.3f} | {x} | "
+                         f"{', '.join(k for k in r['this_dtypes'] if k != '—') or '—'} |")
+    return lines
 
 
 if __name__ == "__main__":

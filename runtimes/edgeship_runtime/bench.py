@@ -69,6 +69,31 @@ def rss_mb() -> Optional[float]:
     return rss / 1024 if rss is not None else _maxrss_mb()
 
 
+# CPU features that decide whether int8 can beat float: dot-product instructions that multiply-accumulate four
+# int8 pairs into int32 in one step (x86 VNNI / AMX, Arm dot product / i8mm). Without them x86 int8 kernels widen to
+# int16 (vpmaddwd) or use vpmaddubsw, whose throughput is close to float FMA.
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "avx_vnni_int8", "amx_int8", "asimddp", "i8mm", "dotprod")
+ISA_FLAGS = ("sse4_2", "avx", "fma", "avx2", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx_vnni_int8",
+             "amx_int8", "neon", "asimd", "asimddp", "i8mm", "asimdhp", "fphp", "sve")
+
+
+def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> Dict[str, Any]:
+    """The ISA flags (of ISA_FLAGS) this CPU reports, and whether it has int8 dot-product instructions.
+    ``int8_dot`` is None where the flags cannot be read (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return {"flags": [], "int8_dot": None, "source": None}
+    flags: set = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags |= set(value.split())
+    have = [f for f in ISA_FLAGS if f in flags]
+    dot = [f for f in INT8_DOT_FLAGS if f in flags]
+    return {"flags": have, "int8_dot": bool(dot), "int8_dot_flags": dot, "source": cpuinfo}
+
+
 def random_inputs(specs: Sequence[Dict[str, Any]], seed: int = 0) -> Dict[str, np.ndarray]:
     """Random arrays for specs {name, shape (None = dynamic, taken as 1), dtype[, low, high]}."""
     rng = np.random.default_rng(seed)
@@ -143,6 +168,7 @@ def bench(model: Path, *, runs: int = 50, warmup: int = 5, threads: Optional[int
         "load_rss_delta_mb": None if rss0 is None or rss1 is None else rss1 - rss0,
         "inputs": [{"name": i.name, "shape": list(a.shape), "dtype": str(a.dtype)} for i, a in zip(rt.inputs, prepared)],
         "notes": rt.notes, "python": platform.python_version(), "platform": platform.platform(),
+        "cpu_features": cpu_features(),
     }
 
 

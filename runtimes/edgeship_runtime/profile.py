@@ -45,7 +45,7 @@ import numpy as np
 
 from . import format_of, runtime_class
 from .base import Runtime, RuntimeUnavailable
-from .bench import _input_specs, random_inputs, run_json_command, runner_parser
+from .bench import _input_specs, cpu_features, random_inputs, run_json_command, runner_parser
 
 FLOAT_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
 INT_DTYPES = frozenset({"int8", "uint8", "int16", "int4", "uint4"})   # quantized activations
@@ -609,7 +609,7 @@ def profile(model: Path, *, runs: int = 20, warmup: int = 3, threads: Optional[i
         "runtime": rt.name, "runtime_version": rt.version, "format": fmt, "model": str(model), "runs": runs,
         "warmup": warmup, "threads": rt.threads, **out,
         "inputs": [{"name": i.name, "shape": list(a.shape), "dtype": str(a.dtype)} for i, a in zip(rt.inputs, prepared)],
-        "python": platform.python_version(), "platform": platform.platform(),
+        "python": platform.python_version(), "platform": platform.platform(), "cpu_features": cpu_features(),
     }
     result["notes"] = list(rt.notes) + list(result.get("notes", []))
     return finish(result)

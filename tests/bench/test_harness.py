@@ -124,6 +124,24 @@ def test_local(folder: Path):
     assert _bench_entries(folder) == entries + again         # appended, not replaced
 
 
+def test_compare_gives_int8_speedup_over_fp32_in_the_same_run(tmp_path: Path):
+    """--compare fp32 with --precision int8 benches both (alternating rounds) and gives int8 its speed-up over fp32."""
+    from edgeship.examples import EXAMPLES
+    from edgeship.pipeline import ExportOptions, run_export
+
+    out = tmp_path / "q"
+    run_export(EXAMPLES["tiny_cnn"](), out, ExportOptions(["onnx"], ("fp32", "int8"), verify_samples=1))
+    entries = bench_folder(out, LocalDevice(), BenchOptions(runs=10, warmup=2, rounds=2, threads=(1,), precisions=["int8"],
+                                                           compare="fp32", energy="off"))
+    by = {e["artifact"]: e for e in entries}
+    assert set(by) == {"onnx:fp32", "onnx:int8"} and all(e["status"] == "ok" for e in entries)
+    sv = by["onnx:int8"]["speedup_vs"]
+    assert sv["precision"] == "fp32" and "speedup_vs" not in by["onnx:fp32"]
+    assert sv["x"] == pytest.approx(by["onnx:fp32"]["latency_ms"]["p50"] / by["onnx:int8"]["latency_ms"]["p50"], rel=1e-3)
+    assert len(sv["rounds_x"]) == 2 and all(x > 0 for x in sv["rounds_x"])
+    assert _bench_entries(out) == entries
+
+
 # ------------------------------------------------------------------------------------------ ssh
 
 def test_ssh(folder: Path, sshd: SshServer):
@@ -373,6 +391,7 @@ def cli_main(monkeypatch):
     (["--tool", "tflite"], "is not FORMAT=PATH"),
     (["--tool", "tflite=/nonexistent/benchmark_model"], "does not exist"),
     (["--via", "app"], "needs an adb device"),
+    (["--compare", "int8"], "--compare int8: the folder has no int8 artifact"),
     ([], "not an edgeship export folder"),
 ])
 def test_cli_bench_bad_input(cli_main, capsys, folder: Path, tmp_path: Path, args, fragment):

@@ -30,7 +30,7 @@ def recorded(name: str) -> str:
 
 
 RUNNER_KEYS = {"runtime", "runtime_version", "format", "model", "threads", "load_ms", "first_run_ms", "warmup", "runs",
-               "latency_ms", "cv", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes", "python", "platform"}
+               "latency_ms", "cv", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes", "python", "platform", "cpu_features"}
 LAT_KEYS = {"mean", "std", "p50", "p90", "p99", "min", "max"}
 
 

@@ -24,7 +24,8 @@ import pytest
 from rich.console import Console
 
 from edgeship.bench.devices import AdbDevice, LocalDevice, SshDevice
-from edgeship.bench.profile import profile_artifact, profile_summary, profile_table
+from edgeship.bench.profile import (compare_profiles, compare_summary, compare_table, op_kind, profile_artifact,
+                                    profile_summary, profile_table)
 from edgeship.errors import EdgeshipError
 from edgeship_runtime import profile as rprof
 from support.adb import AdbLab, adb_lab  # noqa: F401  (fixture)
@@ -443,3 +444,61 @@ def test_runner_cli_prints_one_json_error(tmp_path, capsys):
     assert out["error"].startswith("FileNotFoundError")
     assert rprof.main(["--runs", "x"]) == 2
     assert "usage error" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+
+
+# ------------------------------------------------------------------------------------------ int8 against fp32
+
+def test_op_kind_pairs_float_and_quantized_ops():
+    assert op_kind("QLinearConv") == op_kind("FusedConv") == op_kind("Conv") == "Conv"
+    assert op_kind("QGemm") == op_kind("Gemm") == op_kind("QLinearMatMul") == "MatMul/Gemm"
+    assert op_kind("MatMulInteger") == op_kind("MatMulIntegerToFloat") == op_kind("MatMul") == "MatMul/Gemm"
+    assert op_kind("QLinearAdd") == "Add"
+    for qdq in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Convert", "QUANTIZE"):
+        assert op_kind(qdq) == "quantize/dequantize"
+    assert op_kind("Fully Connected GEMM") == "Fully Connected GEMM"
+
+
+@pytest.mark.slow
+def test_compare_int8_with_fp32_in_onnxruntime(artifact, onnx_int8):
+    """Both profiled for real: per op kind the two times line up, and the totals give the speed-up."""
+    dev = LocalDevice()
+    fp32 = profile_artifact(artifact("onnx"), dev, runs=10, warmup=2, threads=1)
+    int8 = profile_artifact(onnx_int8, dev, runs=10, warmup=2, threads=1)
+    cmp = compare_profiles(int8, fp32)
+    assert cmp["speedup"] == pytest.approx(fp32["total_ms"] / int8["total_ms"])
+    conv = next(r for r in cmp["rows"] if r["kind"] == "Conv")
+    assert conv["baseline_ms"] > 0 and conv["this_ms"] > 0
+    assert conv["speedup"] == pytest.approx(conv["baseline_ms"] / conv["this_ms"])
+    assert "float32" in conv["baseline_dtypes"] and set(conv["this_dtypes"]) & {"uint8", "int8"}
+    qdq = next(r for r in cmp["rows"] if r["kind"] == "quantize/dequantize")
+    assert qdq["baseline_ms"] == 0.0 and qdq["this_ms"] > 0 and qdq["speedup"] is None
+    # every op's time is in exactly one row, on each side
+    assert sum(r["this_ms"] for r in cmp["rows"]) == pytest.approx(int8["op_total_ms"], rel=1e-6)
+    assert sum(r["baseline_ms"] for r in cmp["rows"]) == pytest.approx(fp32["op_total_ms"], rel=1e-6)
+    text = _render(compare_table(cmp))
+    assert "Conv" in text and "model.int8.onnx ms" in text and "speed-up" in text
+    lines = compare_summary(cmp)
+    assert lines[0].startswith("whole inference:")
+    assert any("quantize/dequantize" in ln for ln in lines)
+    if cmp["cpu_features"]["int8_dot"] is False:   # this host (AVX2 without VNNI) says why int8 gains little
+        assert any(ln.startswith("int8 dot-product instructions: none") for ln in lines)
+
+
+def test_compare_refuses_two_runtimes():
+    with pytest.raises(EdgeshipError, match="two models of one runtime"):
+        compare_profiles({"runtime": "onnxruntime", "model": "a.onnx"}, {"runtime": "executorch", "model": "b.pte"})
+
+
+def test_cpu_features_reads_x86_and_arm_flags(tmp_path):
+    from edgeship_runtime.bench import cpu_features
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx fma avx2 f16c\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    f = cpu_features(str(x86))
+    assert f["flags"] == ["sse4_2", "avx", "fma", "avx2", "f16c"] and f["int8_dot"] is False
+    vnni = tmp_path / "vnni"
+    vnni.write_text("flags\t\t: avx2 avx512f avx512_vnni\n")
+    assert cpu_features(str(vnni))["int8_dot_flags"] == ["avx512_vnni"]
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm asimddp i8mm\n")
+    assert cpu_features(str(arm))["int8_dot_flags"] == ["asimddp", "i8mm"]
+    assert cpu_features(str(tmp_path / "missing")) == {"flags": [], "int8_dot": None, "source": None}

@@ -11,7 +11,7 @@ import pytest
 from edgeship_runtime.bench import INT_HIGH, random_inputs
 
 KEYS = {"runtime", "runtime_version", "format", "model", "threads", "load_ms", "first_run_ms", "warmup", "runs",
-        "latency_ms", "cv", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes", "python", "platform"}
+        "latency_ms", "cv", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes", "python", "platform", "cpu_features"}
 
 
 def bench(*args, check_rc=0) -> dict:
@@ -26,6 +26,8 @@ def bench(*args, check_rc=0) -> dict:
 def check_result(r: dict, *, runtime: str, runs: int, warmup: int, inputs: list) -> None:
     assert set(r) == KEYS
     assert r["runtime"] == runtime and r["runtime_version"]
+    cpu = r["cpu_features"]   # read from this Linux host's /proc/cpuinfo
+    assert cpu["source"] == "/proc/cpuinfo" and cpu["flags"] and cpu["int8_dot"] in (True, False)
     assert r["runs"] == runs and r["warmup"] == warmup
     lat = r["latency_ms"]
     assert set(lat) == {"mean", "std", "p50", "p90", "p99", "min", "max"}

@@ -53,6 +53,7 @@ class BenchOptions:
     timeout_s: float = 900.0
     via: str = "python"                  # python (the runner) | tool (native binaries) | app (android-demo)
     tools: Mapping[str, str | Path] | None = None   # format -> native benchmark binary (or folder) on the host
+    compare: str | None = None           # a precision (e.g. fp32): each artifact's speed-up over it, same format and run
 
     def __post_init__(self):
         if self.runs < 1 or self.warmup < 0 or self.rounds < 1:
@@ -73,15 +74,40 @@ class BenchOptions:
 
 
 def select_artifacts(manifest: dict, opts: BenchOptions) -> list[dict]:
+    """The artifacts to bench: --formats and --precisions, plus the --compare precision of each selected format."""
     arts = manifest["artifacts"]
     if opts.formats:
         arts = [a for a in arts if a["format"] in opts.formats]
+    if opts.compare:
+        have = {(a["format"], a["precision"]) for a in arts}
+        if not any(p == opts.compare for _, p in have):
+            raise EdgeshipError(f"--compare {opts.compare}: the folder has no {opts.compare} artifact to compare with",
+                                hint=f"it has: {', '.join(sorted(f'{f}:{p}' for f, p in have)) or 'none'}; export "
+                                     f"with --precision {opts.compare},int8 to have both")
     if opts.precisions:
-        arts = [a for a in arts if a["precision"] in opts.precisions]
+        wanted = set(opts.precisions) | ({opts.compare} if opts.compare else set())
+        arts = [a for a in arts if a["precision"] in wanted]
     if not arts:
         have = ", ".join(f"{a['format']}:{a['precision']}" for a in manifest["artifacts"]) or "none"
         raise EdgeshipError("no artifact in the folder matches --formats/--precisions", hint=f"the folder has: {have}")
     return arts
+
+
+def add_speedups(entries: list[dict], baseline: str) -> None:
+    """Give each measured entry ``speedup_vs``: the ``baseline`` precision's p50 over its own, for the same format and
+    thread count, measured in the same run (alternating rounds), so the ratio is fair on a busy or drifting device."""
+    base = {(e["format"], e.get("threads")): e for e in entries if e["status"] == "ok" and e["precision"] == baseline}
+    for e in entries:
+        if e["status"] != "ok" or e["precision"] == baseline:
+            continue
+        b = base.get((e["format"], e.get("threads")))
+        if b is None:
+            e["speedup_vs"] = {"precision": baseline, "x": None, "reason": f"no {baseline} {e['format']} result in this run"}
+            continue
+        x = _p50(b) / _p50(e)
+        rounds = [pb / pe for pb, pe in zip(b.get("rounds_p50_ms") or [], e.get("rounds_p50_ms") or []) if pb and pe]
+        e["speedup_vs"] = {"precision": baseline, "x": round(x, 4), "baseline_p50_ms": _p50(b),
+                           "rounds_x": [round(r, 4) for r in rounds]}
 
 
 def parse_runner_output(stdout: str) -> dict:
@@ -252,6 +278,8 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
             entry = _merge_rounds(device, info, a, rounds, opts)
             entries.append(entry)
             on_event(f"{a['format']}:{a['precision']}", "done", entry)
+    if opts.compare:
+        add_speedups(entries, opts.compare)
     report.setdefault("bench", []).extend(entries)
     report_mod.write(folder, report)
     return entries

@@ -59,7 +59,7 @@ def _result(tool: str, runtime: str, fmt: str) -> dict[str, Any]:
             "load_ms": None, "first_run_ms": None, "warmup": None, "runs": None,
             "latency_ms": {"mean": None, "std": None, "p50": None, "p90": None, "p99": None, "min": None, "max": None},
             "cv": None, "peak_rss_mb": None, "load_rss_delta_mb": None, "inputs": None, "notes": [],
-            "python": None, "platform": None, "tool": tool}
+            "python": None, "platform": None, "cpu_features": None, "tool": tool}
 
 
 def _float(text: str) -> float:

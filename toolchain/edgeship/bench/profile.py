@@ -252,3 +252,124 @@ def profile_summary(result: dict) -> list[str]:
     for n in result.get("notes") or []:
         lines.append(f"note: {n}")
     return lines
+
+
+# ------------------------------------------------------------------------------------------------ compare
+
+# onnxruntime runs one computation under different op types in float and in int8 (and after its fusions): one kind
+_GEMM = "MatMul/Gemm"   # onnxruntime fuses a float MatMul+Add into Gemm, and dynamic int8 makes it MatMulIntegerToFloat
+_ORT_KINDS = {"FusedConv": "Conv", "NhwcFusedConv": "Conv", "ConvInteger": "Conv", "Gemm": _GEMM, "QGemm": _GEMM,
+              "FusedGemm": _GEMM, "MatMul": _GEMM, "MatMulInteger": _GEMM, "MatMulIntegerToFloat": _GEMM,
+              "DynamicQuantizeMatMul": _GEMM, "FusedMatMul": _GEMM, "QLinearMatMul": _GEMM, "NhwcMaxPool": "MaxPool"}
+QDQ_KIND = "quantize/dequantize"
+
+
+def op_kind(op: str) -> str:
+    """The computation an op row stands for, the same for its float and its quantized form: "QLinearConv" and
+    "FusedConv" are "Conv"; XNNPACK's "Fully Connected GEMM" is itself; Q/DQ/Convert ops are quantize/dequantize."""
+    from edgeship_runtime import profile as rprof
+    if rprof.qdq_kind(op):
+        return QDQ_KIND
+    if op in _ORT_KINDS:
+        return _ORT_KINDS[op]
+    if op.startswith("QLinear") and len(op) > 7:
+        return _ORT_KINDS.get(op[len("QLinear"):], op[len("QLinear"):])
+    return op
+
+
+def _by_kind(result: dict) -> dict[str, dict]:
+    kinds: dict[str, dict] = {}
+    for r in result.get("ops") or []:
+        k = kinds.setdefault(op_kind(str(r.get("op"))), {"calls": 0, "ms": None, "dtypes": Counter()})
+        k["calls"] += r.get("calls") or 0
+        if r.get("total_ms") is not None:
+            k["ms"] = (k["ms"] or 0.0) + r["total_ms"]
+        k["dtypes"][r.get("dtype") or "—"] += 1
+    return kinds
+
+
+def compare_profiles(this: dict, baseline: dict) -> dict:
+    """Per op kind, the time of ``this`` profile (e.g. the int8 artifact) against ``baseline`` (the fp32 one), both
+    from the same runtime: {this, baseline, total_ms, speedup, rows: [{kind, calls, this_ms, baseline_ms, speedup,
+    saved_ms, this_dtypes, baseline_dtypes}], cpu_features}. ``speedup`` = baseline time / this time."""
+    if this.get("runtime") != baseline.get("runtime"):
+        raise EdgeshipError(f"--compare needs two models of one runtime: {Path(str(this.get('model'))).name} runs in "
+                            f"{this.get('runtime')}, {Path(str(baseline.get('model'))).name} in {baseline.get('runtime')}",
+                            hint="compare e.g. executorch/model.int8.pte with executorch/model.pte")
+    a, b = _by_kind(this), _by_kind(baseline)
+    rows = []
+    for kind in dict.fromkeys([*b, *a]):
+        ra, rb = a.get(kind), b.get(kind)
+        ta, tb = (ra or {}).get("ms"), (rb or {}).get("ms")
+        rows.append({"kind": kind, "calls": (ra or rb)["calls"], "this_ms": ta if ra else 0.0, "baseline_ms": tb if rb else 0.0,
+                     "speedup": tb / ta if ta and tb else None,
+                     "saved_ms": None if (ra and ta is None) or (rb and tb is None) else (tb or 0.0) - (ta or 0.0),
+                     "this_dtypes": dict((ra or {}).get("dtypes") or {}), "baseline_dtypes": dict((rb or {}).get("dtypes") or {})})
+    rows.sort(key=lambda r: -max(r["this_ms"] or 0.0, r["baseline_ms"] or 0.0))
+    ta, tb = this.get("total_ms"), baseline.get("total_ms")
+    return {"this": this.get("model"), "baseline": baseline.get("model"), "runtime": this.get("runtime"),
+            "threads": this.get("threads"), "device": this.get("device"),
+            "total_ms": {"this": ta, "baseline": tb}, "speedup": tb / ta if ta and tb else None,
+            "per_op_times": any(r["this_ms"] for r in rows), "rows": rows,
+            "cpu_features": this.get("cpu_features") or baseline.get("cpu_features")}
+
+
+def _dtypes(d: dict) -> str:
+    return ", ".join(k for k in d if k != "—") or "—"
+
+
+def compare_table(cmp: dict, top: int | None = None) -> Table:
+    this, base = Path(str(cmp["this"])).name, Path(str(cmp["baseline"])).name
+    sp = cmp["speedup"]
+    title = (f"{cmp['runtime']} · {this} vs {base}{' on ' + cmp['device'] if cmp.get('device') else ''} · threads "
+             f"{cmp.get('threads') or 'default'} · {_ms(cmp['total_ms']['this'])} vs {_ms(cmp['total_ms']['baseline'])} ms"
+             + (f" · {sp:.2f}× faster" if sp and sp >= 1 else f" · {1 / sp:.2f}× slower" if sp else ""))
+    t = Table(title=escape(title))
+    for col, just in (("op kind", "left"), ("calls", "right"), (f"{base} ms", "right"), ("dtype", "left"),
+                      (f"{this} ms", "right"), ("dtype ", "left"), ("speed-up", "right"), ("saved ms", "right")):
+        t.add_column(escape(col), justify=just)
+    rows = cmp["rows"] if top is None else cmp["rows"][:top]
+    for r in rows:
+        s = r["speedup"]
+        style = "" if s is None else "green" if s >= 1.5 else "yellow" if s >= 1.0 else "red"
+        t.add_row(escape(r["kind"]), str(r["calls"]), _ms(r["baseline_ms"]), escape(_dtypes(r["baseline_dtypes"])),
+                  _ms(r["this_ms"]), escape(_dtypes(r["this_dtypes"])),
+                  "—" if s is None else f"[{style}]{s:.2f}×[/]", _ms(r["saved_ms"]))
+    if len(rows) < len(cmp["rows"]):
+        t.add_row(f"… {len(cmp['rows']) - len(rows)} more", "", "", "", "", "", "", "")
+    return t
+
+
+def compare_summary(cmp: dict) -> list[str]:
+    """Why the speed-up is what it is: the CPU's int8 instructions, the kinds that gain least, the Q/DQ cost."""
+    lines = []
+    sp = cmp["speedup"]
+    if sp:
+        lines.append(f"whole inference: {sp:.2f}× the baseline's speed ({_ms(cmp['total_ms']['baseline'])} -> "
+                     f"{_ms(cmp['total_ms']['this'])} ms, the runtime's own time per inference)")
+    cpu = cmp.get("cpu_features") or {}
+    if cpu.get("int8_dot") is False:
+        lines.append("int8 dot-product instructions: none on this CPU (flags " + " ".join(cpu.get("flags") or []) +
+                     "; no avx512_vnni / avx_vnni / asimddp / i8mm): int8 GEMM and conv kernels multiply-add through "
+                     "16-bit intermediates (x86 vpmaddwd or vpmaddubsw), about as many multiply-adds per cycle as "
+                     "float FMA, so int8 gains come from memory traffic, not arithmetic")
+    elif cpu.get("int8_dot"):
+        lines.append(f"int8 dot-product instructions: {', '.join(cpu.get('int8_dot_flags') or [])}")
+    if not cmp["per_op_times"]:
+        lines.append("no per-op times from this runtime here (LiteRT needs --benchmark-model); the table compares "
+                     "op counts and dtypes")
+        return lines
+    timed = [r for r in cmp["rows"] if r["speedup"] is not None and r["kind"] != QDQ_KIND]
+    base_total = sum(r["baseline_ms"] or 0.0 for r in cmp["rows"]) or None
+    slow = sorted((r for r in timed if r["speedup"] < 1.5), key=lambda r: -(r["baseline_ms"] or 0.0))[:4]
+    for r in slow:
+        share = f", {100 * r['baseline_ms'] / base_total:.0f}% of the baseline's op time" if base_total else ""
+        lines.append(f"  {r['kind']}: {r['speedup']:.2f}× ({_ms(r['baseline_ms'])} -> {_ms(r['this_ms'])} ms{share}; "
+                     f"{_dtypes(r['baseline_dtypes'])} -> {_dtypes(r['this_dtypes'])})")
+    if slow:
+        lines.insert(len(lines) - len(slow), "op kinds below 1.5×, largest first:")
+    new = [r for r in cmp["rows"] if not r["baseline_ms"] and r["this_ms"]]
+    if new:
+        ms = sum(r["this_ms"] for r in new)
+        lines.append(f"ops the baseline does not have: {', '.join(r['kind'] for r in new)} ({_ms(ms)} ms per inference)")
+    return lines

@@ -91,11 +91,12 @@ public struct BenchResult: Encodable {
         case notes = "notes"
         case python = "python"
         case platform = "platform"
+        case cpuFeatures = "cpu_features"
     }
 
     private struct InputEntry: Encodable { var name: String; var shape: [Int?]; var dtype: String }
 
-    /// Every key is written, nulls included, as the Python runner does; `python` is null (no Python on the phone).
+    /// Every key is written, nulls included, as the Python runner does; `python` and `cpu_features` are null.
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(runtime, forKey: .runtime)
@@ -115,6 +116,7 @@ public struct BenchResult: Encodable {
         try c.encode(notes, forKey: .notes)
         try c.encodeNil(forKey: .python)
         try c.encode(platform, forKey: .platform)
+        try c.encodeNil(forKey: .cpuFeatures)   // iOS has no /proc/cpuinfo; the device model says the chip
     }
 
     public func json() throws -> Data {

@@ -46,7 +46,7 @@ class BenchResult(
     val runtime: String, val runtimeVersion: String?, val format: String, val model: String, val threads: Int?,
     val loadMs: Double, val firstRunMs: Double, val warmup: Int, val runs: Int, val latency: LatencyStats,
     val peakRssMb: Double?, val loadRssDeltaMb: Double?, val inputs: List<TensorSpec>, val notes: List<String>,
-    val platform: String
+    val platform: String, val cpuFeatures: Map<String, Any?>? = CpuFeatures.read()
 ) {
     /** The runner's JSON keys, in its order. `python` is null: no Python runs on the phone. */
     fun toMap(): Map<String, Any?> = linkedMapOf(
@@ -55,7 +55,7 @@ class BenchResult(
         "latency_ms" to latency.toMap(), "cv" to latency.cv, "peak_rss_mb" to peakRssMb,
         "load_rss_delta_mb" to loadRssDeltaMb,
         "inputs" to inputs.map { linkedMapOf("name" to it.name, "shape" to it.shape, "dtype" to it.dtype) },
-        "notes" to notes, "python" to null, "platform" to platform
+        "notes" to notes, "python" to null, "platform" to platform, "cpu_features" to cpuFeatures
     )
 
     fun toJson(): String = Json.write(toMap(), indent = 0)
@@ -64,6 +64,32 @@ class BenchResult(
         /** What the runner prints when it fails: {"error": ..., "hint": ...}. */
         fun errorJson(error: String, hint: String?): String = Json.write(linkedMapOf("error" to error, "hint" to hint), indent = 0)
     }
+}
+
+/**
+ * The CPU's ISA flags that decide whether int8 can beat float, read from /proc/cpuinfo ("Features" on Arm, "flags"
+ * on x86), as `edgeship_runtime.bench.cpu_features` reports them: int8 dot-product instructions (Arm asimddp / i8mm,
+ * x86 VNNI / AMX) or not.
+ */
+object CpuFeatures {
+    val INT8_DOT = listOf("avx512_vnni", "avx_vnni", "avx_vnni_int8", "amx_int8", "asimddp", "i8mm", "dotprod")
+    val ISA = listOf("sse4_2", "avx", "fma", "avx2", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+        "avx_vnni_int8", "amx_int8", "neon", "asimd", "asimddp", "i8mm", "asimdhp", "fphp", "sve")
+
+    fun parse(cpuinfo: String?, source: String = "/proc/cpuinfo"): Map<String, Any?> {
+        if (cpuinfo == null) return linkedMapOf("flags" to emptyList<String>(), "int8_dot" to null, "source" to null)
+        val flags = HashSet<String>()
+        for (line in cpuinfo.split('\n')) {
+            val key = line.substringBefore(':').trim()
+            if (key == "flags" || key == "Features") flags.addAll(line.substringAfter(':').trim().split(Regex("\\s+")))
+        }
+        val dot = INT8_DOT.filter { it in flags }
+        return linkedMapOf("flags" to ISA.filter { it in flags }, "int8_dot" to dot.isNotEmpty(),
+            "int8_dot_flags" to dot, "source" to source)
+    }
+
+    fun read(path: String = "/proc/cpuinfo"): Map<String, Any?> =
+        parse(try { java.io.File(path).readText() } catch (e: Exception) { null }, path)
 }
 
 /** Reads "VmHWM" / "VmRSS" from /proc/self/status (Linux and Android) in MiB, or null. */

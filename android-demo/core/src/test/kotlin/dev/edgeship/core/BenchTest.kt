@@ -30,12 +30,22 @@ class BenchTest {
         val m = Json.parse(r.toJson()) as Map<*, *>
         assertEquals(listOf("runtime", "runtime_version", "format", "model", "threads", "load_ms", "first_run_ms",
             "warmup", "runs", "latency_ms", "cv", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes", "python",
-            "platform"), m.keys.toList())
+            "platform", "cpu_features"), m.keys.toList())
         assertEquals(listOf("mean", "std", "p50", "p90", "p99", "min", "max"), (m["latency_ms"] as Map<*, *>).keys.toList())
         assertNull(m["python"])
         assertEquals(100L, m["runs"])
         val err = Json.parse(BenchResult.errorJson("FileNotFoundError: x", null)) as Map<*, *>
         assertTrue(err.containsKey("hint"))
+    }
+
+    @Test
+    fun cpuFeaturesFindInt8DotProduct() {
+        val arm = CpuFeatures.parse("processor\t: 0\nFeatures\t: fp asimd evtstrm asimddp i8mm\n")
+        assertEquals(listOf("asimd", "asimddp", "i8mm"), arm["flags"])
+        assertEquals(true, arm["int8_dot"])
+        val x86 = CpuFeatures.parse("flags\t\t: fpu sse4_2 avx fma avx2 f16c\n")
+        assertEquals(false, x86["int8_dot"])
+        assertNull(CpuFeatures.parse(null)["int8_dot"])
     }
 
     @Test
