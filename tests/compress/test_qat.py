@@ -19,7 +19,7 @@ from torch import nn
 from edgeship import recipe
 from edgeship.compress.qat import QATConfig, QATResult, prepare_qat, qat_finetune, xnnpack_config
 from edgeship.compress.run import compress_model
-from edgeship.compress.train import evaluate
+from edgeship.compress.train import eval_nll, evaluate
 from edgeship.data import DataSource
 from edgeship.errors import EdgeshipError
 from edgeship.examples import digits_cnn
@@ -60,6 +60,8 @@ def test_qat_stage_measures_int8_accuracy_of_the_qat_graph_and_of_ptq(compressed
     for key in ("accuracy", "qat_accuracy", "ptq_accuracy", "ptq_after_qat_accuracy"):
         assert isinstance(row[key], float) and row[key] >= float_acc - 0.02, (key, row[key], float_acc)
     assert row["parameters"] == before["parameters"] and row["macs"] == before["macs"]
+    # every stage row also has the eval loss (mean cross-entropy), finer than top-1 at its ceiling
+    assert before["eval_nll"] == pytest.approx(eval_nll(teacher.module, digits["test"]), abs=1e-4) and before["eval_nll"] > 0
     assert row["epochs_run"] == 2 and row["lr"] == pytest.approx(1e-4)
     assert "every format's own int8 quantizer" in row["note"]
     assert record["recipe"]["quantize"]["qat"] == {"epochs": 2, "lr": 1e-4, "batch_size": 64, "seed": 0}

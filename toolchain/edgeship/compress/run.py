@@ -15,7 +15,7 @@ from ..data import DataSource, load_data
 from ..errors import EdgeshipError
 from ..model import ModelSpec, load as load_model
 from ..recipe import Recipe, resolve_layers
-from .train import ProgressFn, TrainConfig, evaluate, train_classifier
+from .train import ProgressFn, TrainConfig, eval_nll, evaluate, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def eval_split(ref: str, spec: ModelSpec) -> DataSource:
 def _stage(name: str, spec: ModelSpec, eval_data: DataSource | None, **extra) -> dict:
     from .prune import count_macs, count_params
     row = {"stage": name, "parameters": count_params(spec.module), "macs": count_macs(spec.module, spec.example_inputs()),
-           "accuracy": evaluate(spec.module, eval_data) if eval_data is not None else None}
+           "accuracy": evaluate(spec.module, eval_data) if eval_data is not None else None,
+           "eval_nll": round(eval_nll(spec.module, eval_data), 4) if eval_data is not None else None}
     row.update(extra)
     log.info("stage %s: %s", name, row)
     return row

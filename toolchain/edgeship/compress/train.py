@@ -118,6 +118,19 @@ def evaluate(model: nn.Module, data: DataSource, batch_size: int | None = None) 
 
 
 @torch.no_grad()
+def eval_nll(model: nn.Module, data: DataSource, batch_size: int | None = None) -> float:
+    """Mean cross-entropy (negative log-likelihood, nats) on labelled data: finer than top-1 where accuracy is at
+    its ceiling (it tells two students apart that misclassify the same one or two examples)."""
+    if data.y is None:
+        raise EdgeshipError(f"the eval loss needs labelled data; {data.name!r} has no labels")
+    model.eval()
+    total = 0.0
+    for x, y in data.batches(batch_size=batch_size or max(data.batch_size, 256)):
+        total += float(nn.functional.cross_entropy(call(model, x).float(), y, reduction="sum"))
+    return total / len(data)
+
+
+@torch.no_grad()
 def predict(model: nn.Module, data: DataSource, batch_size: int = 256) -> torch.Tensor:
     model.eval()
     return torch.cat([call(model, x) for x, _ in data.batches(batch_size=batch_size)])
