@@ -195,13 +195,8 @@ def _weight_change(before: nn.Module, after: nn.Module) -> float:
 
 
 def _accuracy(module, data: DataSource | None, batch_size: int | None = None) -> float | None:
-    """Top-1 accuracy of a module or an exported graph (whose .eval() torchao allows only when asked)."""
-    if data is None or data.y is None:
-        return None
-    if isinstance(module, torch.fx.GraphModule):
-        from torchao.quantization.pt2e import allow_exported_model_train_eval
-        allow_exported_model_train_eval(module)
-    return evaluate(module, data, batch_size=batch_size)
+    """Top-1 accuracy of a module or an exported graph, or None without labelled data."""
+    return None if data is None or data.y is None else evaluate(module, data, batch_size=batch_size)
 
 
 def _probe_inputs(data: DataSource, n: int = 256):

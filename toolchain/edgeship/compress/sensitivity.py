@@ -18,13 +18,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Sequence
 
-import numpy as np
 import torch
 
 from ..errors import EdgeshipError
-from ..model import ModelSpec, flatten_outputs
-from .quantize import (DEFAULT_CALIBRATION_SAMPLES, OBSERVERS, QuantOptions, calibration_inputs, export_graph,
-                       prepare_calibrate_convert, quantizable_layers, reference_outputs, select_layers, sqnr_db)
+from ..model import ModelSpec
+from .quantize import (DEFAULT_CALIBRATION_SAMPLES, OBSERVERS, QuantOptions, calibration_inputs, dynamic_reason,
+                       export_graph, prepare_calibrate_convert, quantizable_layers, reference_outputs, select_layers, sqnr_db)
+from .train import evaluate
 
 log = logging.getLogger(__name__)
 SIMULATION = ("PT2E static int8 in torch with XNNPACK's quantizer: per-channel symmetric int8 weights, per-tensor "
@@ -99,7 +99,7 @@ class _Simulation:
             SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if "_bn" not in p.name]
 
         self.spec, self.samples, self.observer = spec, list(samples), observer
-        self.dynamic = any(not i.dtype.startswith("float") for i in spec.inputs)
+        self.dynamic = dynamic_reason(spec, "int8") is not None   # int8 of a token-id model is dynamic
         self.args = spec.example_inputs()
         self.exported = export_graph(spec.module, self.args)
         self._config = lambda: get_symmetric_quantization_config(is_per_channel=True, is_dynamic=self.dynamic)
@@ -178,13 +178,7 @@ def check_budget(max_accuracy_drop, eval_data, spec: ModelSpec | None = None) ->
 def accuracy(module, data) -> float:
     """Top-1 accuracy of ``module`` (a torch module or a PT2E graph exported at batch 1) on labelled ``data``,
     one example at a time."""
-    correct = 0
-    with torch.no_grad():
-        for j in range(len(data)):
-            x = tuple(torch.from_numpy(np.ascontiguousarray(a[j:j + 1])) for a in data.xs)
-            out = flatten_outputs(module(*x))[0]
-            correct += int(int(torch.argmax(out.reshape(-1))) == int(data.y[j]))
-    return correct / len(data)
+    return evaluate(module, data, batch_size=1)
 
 
 def fit_accuracy_budget(spec: ModelSpec, eval_data, max_accuracy_drop: float, calib: Any = None, *,

@@ -107,14 +107,25 @@ def ce_loss(label_smoothing: float = 0.0) -> StepLoss:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataSource, batch_size: int | None = None) -> float:
-    """Top-1 accuracy (0..1) on labelled data; the model is left in eval mode."""
+    """Top-1 accuracy (0..1) on labelled data; the model is left in eval mode. ``model`` may be a torch.export'ed
+    graph (a PT2E-quantized one); one exported at batch 1 needs ``batch_size=1``."""
     if data.y is None:
         raise EdgeshipError(f"accuracy needs labelled data; {data.name!r} has no labels")
-    model.eval()
+    eval_mode(model)
     correct = 0
     for x, y in data.batches(batch_size=batch_size or max(data.batch_size, 256)):
         correct += int((call(model, x).argmax(-1) == y).sum())
     return correct / len(data)
+
+
+def eval_mode(model: nn.Module) -> None:
+    """``model.eval()``, also for a torch.export'ed graph, whose eval() torchao allows only when asked."""
+    try:
+        model.eval()
+    except NotImplementedError:   # "Calling eval() is not supported yet" (an exported GraphModule)
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+        allow_exported_model_train_eval(model)
+        model.eval()
 
 
 @torch.no_grad()
@@ -123,7 +134,7 @@ def eval_nll(model: nn.Module, data: DataSource, batch_size: int | None = None) 
     its ceiling (it tells two students apart that misclassify the same one or two examples)."""
     if data.y is None:
         raise EdgeshipError(f"the eval loss needs labelled data; {data.name!r} has no labels")
-    model.eval()
+    eval_mode(model)
     total = 0.0
     for x, y in data.batches(batch_size=batch_size or max(data.batch_size, 256)):
         total += float(nn.functional.cross_entropy(call(model, x).float(), y, reduction="sum"))

@@ -45,9 +45,9 @@ class ExecuTorchExporter:
             notes.append("fp16 model: float inputs and outputs are float16 in the .pte")
         pt2e = None
         if precision in ("int8", "dynamic-int8"):
-            dynamic = precision == "dynamic-int8" or any(not i.dtype.startswith("float") for i in spec.inputs)
-            pt2e = _quantize(spec, calib, quant, dynamic=dynamic, why="requested" if precision == "dynamic-int8"
-                             else "the model takes integer inputs (token ids)")
+            from ..compress.quantize import dynamic_reason
+            why = dynamic_reason(spec, precision)
+            pt2e = _quantize(spec, calib, quant, dynamic_why=why)
             module = pt2e.module
             notes += pt2e.notes
         ep = torch.export.export(module, args, strict=False)
@@ -59,7 +59,7 @@ class ExecuTorchExporter:
             details |= layer_details(layers)
             if quant is not None and quant.keep_float:
                 notes += layers_note(quant.keep_float, layers)
-            details["observer"] = "dynamic" if dynamic else pt2e.observer
+            details["observer"] = "dynamic" if why is not None else pt2e.observer
             details["calibration_sqnr_db"] = pt2e.tried
             if any(k in details["portable_ops"] for k in ("quantize_per_tensor", "dequantize_per_tensor",
                                                          "quantize_per_channel", "dequantize_per_channel")):
@@ -73,15 +73,17 @@ class ExecuTorchExporter:
         return Exported(path, precision, notes, details)
 
 
-def _quantize(spec: ModelSpec, calib, quant=None, dynamic: bool = False, why: str = "requested"):
-    """PT2E int8 with XNNPACK's quantizer: static, calibrated on ``calib`` (see compress.quantize), or ``dynamic``
-    (activations quantized per inference; ``calib`` only measures). The layers in ``quant.keep_float`` stay float
+def _quantize(spec: ModelSpec, calib, quant=None, dynamic_why: str | None = None):
+    """PT2E int8 with XNNPACK's quantizer: static, calibrated on ``calib`` (see compress.quantize), or dynamic when
+    ``dynamic_why`` says why (compress.quantize.dynamic_reason; activations quantized per inference, ``calib`` only
+    measures). The layers in ``quant.keep_float`` stay float
     (they run as float ops, inside XNNPACK's delegates where it has them)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
 
     from ..compress.quantize import OBSERVERS, calibration_inputs, quantize_pt2e
 
+    dynamic = dynamic_why is not None
     samples, notes = calibration_inputs(spec, calib)
     result = quantize_pt2e(spec.module, spec.example_inputs(),
                            lambda: get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic),
@@ -89,7 +91,7 @@ def _quantize(spec: ModelSpec, calib, quant=None, dynamic: bool = False, why: st
                            observers=("minmax",) if dynamic else OBSERVERS,   # no activation observer when dynamic
                            keep_float=quant.keep_float if quant is not None else ())
     if dynamic:
-        result.notes[0] = (f"dynamic int8 (XNNPACK quantizer, dynamic; {why}): per-channel symmetric int8 weights, "
+        result.notes[0] = (f"dynamic int8 (XNNPACK quantizer, dynamic; {dynamic_why}): per-channel symmetric int8 weights, "
                            "activations quantized per inference (XNNPACK QD8 kernels), float32 I/O")
         notes = [n.replace("calibrated on", "measured on") for n in notes if "real data" not in n]
     result.notes[:0] = notes

@@ -76,11 +76,11 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
                                          quantize_dynamic, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..compress.quantize import (TARGET_DB, calibration_inputs, low_sqnr_note, pick_best, reference_outputs,
-                                     runtime_sqnr, tried_note)
+    from ..compress.quantize import (TARGET_DB, calibration_inputs, dynamic_reason, low_sqnr_note, pick_best,
+                                     reference_outputs, runtime_sqnr, tried_note)
 
-    integer_inputs = any(not i.dtype.startswith("float") for i in spec.inputs)
-    dynamic = precision == "dynamic-int8" or integer_inputs
+    why = dynamic_reason(spec, precision)
+    dynamic = why is not None
     notes, details = [], {}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".int8-") as tmp:
         fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
@@ -100,7 +100,6 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
             # quantize_dynamic turns each Gemm into "<name>_MatMul" + "<name>_Add" before it looks at the names
             quantize_dynamic(str(pre), str(out), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
                              nodes_to_exclude=exclude + [f"{n}_MatMul" for n in exclude])
-            why = "the model takes integer inputs (token ids)" if integer_inputs and precision == "int8" else "requested"
             notes.append(f"dynamic int8 (onnxruntime quantize_dynamic; {why}): per-channel int8 weights (7-bit range, "
                          "reduce_range, to avoid saturation in x86 int8 kernels), activations quantized at run time, "
                          "float32 I/O")

@@ -48,8 +48,9 @@ class TFLiteExporter:
         notes, details = [], {}
         # int8 of a model with integer inputs (token ids) is dynamic, as for ONNX and ExecuTorch: measured on the
         # MiniLM-sized encoder (1 thread CPU time) static 33.5 ms at 25.6 dB, dynamic 31.1 ms at 28.7 dB, fp32 36.2 ms
-        dynamic = precision == "dynamic-int8" or (precision == "int8" and any(not i.dtype.startswith("float")
-                                                                                for i in spec.inputs))
+        from ..compress.quantize import dynamic_reason
+        why = dynamic_reason(spec, precision)
+        dynamic = why is not None
         if precision == "int8" and not dynamic:
             notes, details = _static_int8(litert_torch, spec, calib, tmp, keep)
         else:
@@ -64,7 +65,6 @@ class TFLiteExporter:
             from ai_edge_quantizer import recipe
             _apply_recipe(tmp, keep_float_recipe(recipe.dynamic_wi8_afp32(), tmp, spec.module, keep))
             details = _inspect(tmp)
-            why = "requested" if precision == "dynamic-int8" else "the model takes integer inputs (token ids)"
             notes.append(f"dynamic int8 (ai-edge-quantizer dynamic_wi8_afp32; {why}): per-channel int8 weights, float32 "
                          "activations quantized on the fly, float32 I/O; run it with ai-edge-litert (tflite-runtime "
                          "2.14 gives different results on such files)")
