@@ -43,7 +43,7 @@ def test_preset_with_overrides(tmp_path):
     ("quantize: {layers: {classifier: int4}}\n", "quantize.layers: only null (keep the layer in float) or 'int8'"),
     ("quantize: {max_accuracy_drop: -1}\n", "max_accuracy_drop must be >= 0"),
     ("quantize: {max_accuracy_drop: lots}\n", "'quantize.max_accuracy_drop' must be float | None"),
-    ("quantize: {precision: fp16, max_accuracy_drop: 1.0}\n", "needs a quantized precision"),
+    ("quantize: {precision: fp16, max_accuracy_drop: 1.0}\n", "applies to quantized exports"),
 ])
 def test_bad_recipes(text, fragment):
     with pytest.raises(EdgeshipError) as e:

@@ -80,17 +80,17 @@ def test_quant_options_reject_unknown_layers_and_a_bare_string(tmp_path):
 def test_budget_is_checked_before_any_work(digits, tmp_path):
     spec = digits_cnn()
     with pytest.raises(EdgeshipError, match=">= 0"):
-        check_budget(-0.5, digits["test"], spec)
+        check_budget(-0.5, ["int8"], digits["test"], spec)
     with pytest.raises(EdgeshipError, match="needs labelled eval data") as e:
-        check_budget(1.0, None, spec)
+        check_budget(1.0, ["int8"], None, spec)
     assert "--eval" in e.value.hint
     unlabelled = load_data("digits", spec, "test")
     unlabelled.y = None
     with pytest.raises(EdgeshipError, match="no labels"):
-        check_budget(1.0, unlabelled, spec)
+        check_budget(1.0, ["int8"], unlabelled, spec)
     with pytest.raises(EdgeshipError, match="quantized exports"):
         run_export(spec, tmp_path / "o", ExportOptions(["onnx"], ["fp32"], eval_data=digits["test"], max_accuracy_drop=1.0))
-    assert check_budget(0, digits["test"], spec) == 0.0
+    assert check_budget(0, ["int8"], digits["test"], spec) == 0.0
 
 
 @pytest.mark.slow

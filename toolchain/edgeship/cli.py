@@ -110,15 +110,13 @@ def export(
     """Export MODEL to every format, verify each artifact in its runtime, write manifest.json and report.json."""
     from . import export as export_mod
     from .model import load, parse_input
-    from .pipeline import QUANTIZED, ExportOptions, check_precisions, prepare_out
+    from .pipeline import ExportOptions, check_precisions, prepare_out
 
     fmts = export_mod.parse_formats(formats)
     precisions = check_precisions(precision)
-    if max_accuracy_drop is not None:   # before any long work
+    if max_accuracy_drop is not None:   # before any long work (the model loads)
         from .compress.sensitivity import check_budget
-        check_budget(max_accuracy_drop, eval_data)
-        if not QUANTIZED & set(precisions):
-            raise EdgeshipError("--max-accuracy-drop applies to quantized exports", hint="add --precision int8 (e.g. -p fp32,int8)")
+        check_budget(max_accuracy_drop, precisions, eval_data)
     prepare_out(out, force)            # refuse early, before any long work
     spec = load(model, [parse_input(t) for t in input], name=name)
     opts = ExportOptions(fmts, precisions, samples, verify_data, check_determinism, force,
@@ -362,10 +360,16 @@ def package(
         console.print(f"removed from the previous packaging: {', '.join(map(str, res.removed))}")
 
 
+# Where `profile` and `bench` run: one definition of the device options they share.
+DEVICE = typer.Option("local", "--device", "-d", help="local | ssh://user@host[:port] | adb[:SERIAL]")
+SSH_CONFIG = typer.Option(None, "--ssh-config", help="ssh config file for ssh:// devices")
+PYTHON = typer.Option(None, "--python", help="python interpreter on the device (default: python3)")
+
+
 @app.command("profile")
 def profile_cmd(
     model: Path = typer.Argument(..., help="one model file: .onnx, .tflite or .pte (e.g. dist/q/executorch/model.int8.pte)"),
-    device: str = typer.Option("local", "--device", "-d", help="local | ssh://user@host[:port] | adb[:SERIAL]"),
+    device: str = DEVICE,
     runs: int = typer.Option(20, "--runs", help="profiled inferences"),
     warmup: int = typer.Option(3, "--warmup", help="untimed inferences first"),
     threads: Optional[int] = typer.Option(None, "--threads", help="runtime threads"),
@@ -374,8 +378,8 @@ def profile_cmd(
     etrecord: Optional[Path] = typer.Option(None, "--etrecord", help="ExecuTorch: the ETRecord from export (aten ops per delegate)"),
     benchmark_model: Optional[str] = typer.Option(None, "--benchmark-model", help="LiteRT: benchmark_model's path ON THE DEVICE, for per-op times"),
     tool: Optional[Path] = typer.Option(None, "--tool", help="LiteRT: a benchmark_model binary on this host, pushed and run without python (phones)"),
-    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file for ssh:// devices"),
-    python: Optional[str] = typer.Option(None, "--python", help="python interpreter on the device (default: python3)"),
+    ssh_config: Optional[Path] = SSH_CONFIG,
+    python: Optional[str] = PYTHON,
     compare: Optional[Path] = typer.Option(None, "--compare", help="a second model of the same runtime (e.g. the fp32 "
                                            "one): per op kind, its time against MODEL's, and why int8 gains what it does"),
     as_json: bool = typer.Option(False, "--json", help="print the runner's JSON"),
@@ -422,7 +426,7 @@ def _threads(text: str | None) -> list[int | None]:
 @app.command()
 def bench(
     folder: Path = typer.Argument(..., help="an export folder (edgeship export --out FOLDER)"),
-    device: str = typer.Option("local", "--device", "-d", help="local | ssh://user@host[:port] | adb[:SERIAL]"),
+    device: str = DEVICE,
     runs: int = typer.Option(100, "--runs", help="timed inferences per artifact"),
     warmup: int = typer.Option(10, "--warmup", help="untimed inferences first"),
     threads: Optional[str] = typer.Option(None, "--threads", help="runtime threads; a comma list benches each (e.g. 1,2)"),
@@ -433,8 +437,8 @@ def bench(
     precision: Optional[str] = typer.Option(None, "--precision", "-p", help="only these precisions (comma-separated)"),
     energy: str = typer.Option("auto", "--energy", help="auto (battery / PMIC / --power-cmd where present) or off"),
     power_cmd: Optional[str] = typer.Option(None, "--power-cmd", help="host command printing watts (external meter)"),
-    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file for ssh:// devices"),
-    python: Optional[str] = typer.Option(None, "--python", help="python interpreter on the device (default: python3)"),
+    ssh_config: Optional[Path] = SSH_CONFIG,
+    python: Optional[str] = PYTHON,
     via: Optional[str] = typer.Option(None, "--via", help="python (the runner; default) | tool (native benchmark "
                                       "binaries, see --tool; default when --tool is given) | app (the android-demo app)"),
     tool: Optional[List[str]] = typer.Option(None, "--tool", help="FORMAT=PATH of a native benchmark binary built for "

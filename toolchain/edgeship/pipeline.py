@@ -321,10 +321,7 @@ def check_quant_options(spec: ModelSpec, opts: ExportOptions) -> None:
     if opts.max_accuracy_drop is None:
         return
     from .compress.sensitivity import check_budget
-    check_budget(opts.max_accuracy_drop, opts.eval_data, spec)
-    if not QUANTIZED & set(opts.precisions):
-        raise EdgeshipError(f"an accuracy budget applies to quantized exports; the precisions are {', '.join(opts.precisions)}",
-                            hint="add --precision int8 (e.g. --precision fp32,int8)")
+    check_budget(opts.max_accuracy_drop, opts.precisions, opts.eval_data, spec)
 
 
 def _fit_budget(spec: ModelSpec, opts: ExportOptions, on_event: Event):

@@ -109,7 +109,7 @@ class QuantizeSection:
     qat: QATSection | None = None            # quantization-aware fine-tune before the int8 exports
 
     def __post_init__(self):
-        from .pipeline import PRECISIONS, QUANTIZED
+        from .pipeline import PRECISIONS
         if self.precision not in PRECISIONS:
             raise EdgeshipError(f"quantize.precision {self.precision!r} is unknown", hint=f"use one of {', '.join(PRECISIONS)}")
         if self.calib_samples < 1:
@@ -118,11 +118,9 @@ class QuantizeSection:
         if odd:
             raise EdgeshipError(f"quantize.layers: only null (keep the layer in float) or {self.precision!r} is supported, got {odd}",
                                 hint="per-layer values: null keeps a layer (name or type) in float; the precision undoes a type's null for one layer")
-        if self.max_accuracy_drop is not None:
-            if not self.max_accuracy_drop >= 0:
-                raise EdgeshipError(f"quantize.max_accuracy_drop must be >= 0 accuracy points, got {self.max_accuracy_drop}")
-            if self.precision not in QUANTIZED:
-                raise EdgeshipError(f"quantize.max_accuracy_drop needs a quantized precision, not {self.precision!r}")
+        if self.max_accuracy_drop is not None:   # its eval data comes with the command: compress checks it
+            from .compress.sensitivity import check_budget
+            check_budget(self.max_accuracy_drop, [self.precision], option="quantize.max_accuracy_drop", eval_later=True)
         if self.qat is not None and self.precision != "int8":
             raise EdgeshipError(f"quantize.qat trains for int8, but quantize.precision is {self.precision!r}",
                                 hint="set quantize.precision: int8, or drop quantize.qat")

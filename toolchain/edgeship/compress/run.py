@@ -94,9 +94,9 @@ def _check_quantize(spec: ModelSpec, recipe: Recipe, eval_ref: str | None) -> No
         return
     if q.layers and not (recipe.distill and recipe.distill.student):   # a derived student keeps the teacher's names
         q.keep_float(spec.module)
-    if q.max_accuracy_drop is not None and not eval_ref:
-        raise EdgeshipError("quantize.max_accuracy_drop needs labelled eval data, but none was given",
-                            hint="add --eval DATA (or `eval:` / `data:` to the recipe)")
+    if q.max_accuracy_drop is not None:
+        from .sensitivity import check_budget
+        check_budget(q.max_accuracy_drop, [q.precision], eval_ref or None, option="quantize.max_accuracy_drop")
 
 
 def quant_options(spec: ModelSpec, recipe: Recipe) -> dict:

@@ -150,26 +150,36 @@ def _rank(sim: _Simulation, spec: ModelSpec, layers: Sequence[str] | None, progr
     return rows
 
 
-def check_budget(max_accuracy_drop, eval_data, spec: ModelSpec | None = None) -> float:
-    """Validate an accuracy budget before any long work: a number >= 0, labelled eval data, a classifier."""
+def check_budget(max_accuracy_drop, precisions: Collection[str] | None, eval_data=None, spec: ModelSpec | None = None,
+                 *, option: str = "--max-accuracy-drop", eval_later: bool = False) -> float:
+    """Validate an accuracy budget before any long work: a number >= 0, a quantized precision among ``precisions``
+    (None: not known yet), labelled eval data (unless ``eval_later``: a recipe's eval comes with the command), and,
+    given ``spec``, a classifier with layers to keep in float. The one check for the CLI, recipes and library callers;
+    ``option`` names the setting in the messages."""
+    from ..pipeline import QUANTIZED
+    example = "1.0" if option.startswith("--") else ": 1.0"
     try:
         budget = float(max_accuracy_drop)
     except (TypeError, ValueError):
-        raise EdgeshipError(f"max accuracy drop must be a number of accuracy points, got {max_accuracy_drop!r}",
-                            hint="e.g. --max-accuracy-drop 1.0 (one point of top-1 accuracy)") from None
+        raise EdgeshipError(f"{option} must be a number of accuracy points, got {max_accuracy_drop!r}",
+                            hint=f"e.g. {option} {example} (one point of top-1 accuracy)") from None
     if not math.isfinite(budget) or budget < 0:
-        raise EdgeshipError(f"max accuracy drop must be >= 0 accuracy points, got {max_accuracy_drop!r}",
-                            hint="e.g. --max-accuracy-drop 1.0 (one point of top-1 accuracy)")
-    if eval_data is None:
-        raise EdgeshipError("an accuracy budget (--max-accuracy-drop) needs labelled eval data",
-                            hint="add --eval DATA (e.g. --eval digits, an image folder per class, or an .npz with y)")
-    if hasattr(eval_data, "y") and eval_data.y is None:   # (the CLI checks a DATA reference before loading it)
+        raise EdgeshipError(f"{option} must be >= 0 accuracy points, got {max_accuracy_drop!r}",
+                            hint=f"e.g. {option} {example} (one point of top-1 accuracy)")
+    if precisions is not None and not QUANTIZED & set(precisions):
+        raise EdgeshipError(f"{option} applies to quantized exports; the precisions are {', '.join(precisions)}",
+                            hint="ask for a quantized precision, e.g. --precision fp32,int8 (quantize.precision: int8)")
+    if eval_data is None and not eval_later:
+        raise EdgeshipError(f"an accuracy budget ({option}) needs labelled eval data",
+                            hint="add --eval DATA (e.g. --eval digits, an image folder per class, or an .npz with y; "
+                                 "in a recipe, `eval:`)")
+    if getattr(eval_data, "y", ...) is None:   # a loaded DataSource without labels (a DATA reference is checked on load)
         raise EdgeshipError("the eval data has no labels: an accuracy budget needs them",
                             hint="an image folder per class, or an .npz with y")
     if spec is not None:
         if not spec.task.endswith("classification"):
             raise EdgeshipError(f"an accuracy budget needs a classifier; {spec.name} is a {spec.task!r} model",
-                                hint="drop --max-accuracy-drop, or keep layers in float by name (quantize.layers)")
+                                hint=f"drop {option}, or keep layers in float by name (quantize.layers)")
         if not quantizable_layers(spec.module):
             raise EdgeshipError(f"{spec.name} has no Conv or Linear layers: nothing to keep in float")
     return budget
@@ -188,7 +198,7 @@ def fit_accuracy_budget(spec: ModelSpec, eval_data, max_accuracy_drop: float, ca
     the int8 model's accuracy drop on ``eval_data`` is at most ``max_accuracy_drop`` points. Layers in
     ``keep_float`` stay float from the start. If the budget cannot be met even with every layer in float, the
     report says so (``met`` False, a note) and keeps them all."""
-    budget = check_budget(max_accuracy_drop, eval_data, spec)
+    budget = check_budget(max_accuracy_drop, None, eval_data, spec)
     given = frozenset(keep_float)
     QuantOptions(given).check(spec.module)
     inputs, cnotes = calibration_inputs(spec, calib, samples)
