@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgeship.errors import EdgeshipError
-from edgeship.model import InputSpec, ModelSpec, load, parse_input
+from edgeship.model import InputSpec, ModelSpec, load, parse_input, split_call
 
 
 def test_parse_input():
@@ -78,6 +78,35 @@ def test_model_errors(tmp_path):
     for ref, inputs, fragment in cases:
         with pytest.raises(EdgeshipError, match=fragment):
             load(ref, inputs)
+
+
+def test_factory_keyword_arguments(tmp_path):
+    p = _write(tmp_path, """
+        from torch import nn
+        def needs_args(width, bias=True):
+            return nn.Linear(width, 2, bias=bias)
+        net = nn.Linear(4, 2)
+    """)
+    assert split_call("example:digits_cnn(width=8)") == ("example:digits_cnn", {"width": 8})
+    assert split_call(f"{p}:f(a=[1, 2], b='x', c=None)") == (f"{p}:f", {"a": [1, 2], "b": "x", "c": None})
+    assert split_call("example:digits_cnn") == ("example:digits_cnn", {})
+    spec = load("example:digits_cnn(width=8)")
+    assert spec.module.classifier.in_features == 16 and spec.name == "digits_cnn"
+    spec = load(f"{p}:needs_args(width=4, bias=False)", [parse_input("x:1x4")])
+    assert spec.module.bias is None and spec.name == "needs_args"   # the name leaves the arguments out
+    assert torch.equal(load("example:digits_cnn(width=8)").module.classifier.weight,
+                       load("example:digits_cnn(width=8)").module.classifier.weight)   # still seeded
+    for ref, fragment in [
+        ("example:digits_cnn(8)", "must be keyword arguments"),
+        ("example:digits_cnn(**kw)", "must be keyword arguments"),
+        ("example:digits_cnn(width=os.cpu_count())", "value of width is not a Python literal"),
+        ("example:digits_cnn(width=)", "cannot read the arguments"),
+        ("example:digits_cnn(widht=8)", "unexpected keyword argument 'widht'"),
+        (f"{p}:net(width=4)", "not a factory"),
+    ]:
+        with pytest.raises(EdgeshipError, match=fragment) as e:
+            load(ref, [parse_input("x:1x4")])
+        assert "keyword arguments" in e.value.hint
 
 
 def test_shape_the_model_rejects_names_the_input(tmp_path):

@@ -1,6 +1,8 @@
 """ModelSpec: a torch module with named example inputs, and the loaders that build one from a MODEL reference."""
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -152,8 +154,44 @@ def _import_file(path: Path):
     return module
 
 
+_CALL_HINT = "keyword arguments with Python literal values, e.g. example:digits_cnn(width=64) or models.py:build(classes=5)"
+
+
+def split_call(ref: str) -> tuple[str, dict[str, Any]]:
+    """``file.py:factory(width=64, name='a')`` -> (``file.py:factory``, {'width': 64, 'name': 'a'}): keyword
+    arguments for the factory, each a Python literal. A reference without parentheses has none."""
+    base, sep, args = ref.partition("(")
+    if not sep or not ref.endswith(")"):
+        return ref, {}
+    try:
+        call = ast.parse(f"f({args}", mode="eval").body
+    except SyntaxError:
+        raise EdgeshipError(f"cannot read the arguments in MODEL {ref!r}", hint=_CALL_HINT) from None
+    if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
+        raise EdgeshipError(f"MODEL {ref!r}: the factory's arguments must be keyword arguments", hint=_CALL_HINT)
+    kwargs = {}
+    for k in call.keywords:
+        try:
+            kwargs[k.arg] = ast.literal_eval(k.value)
+        except ValueError:
+            raise EdgeshipError(f"MODEL {ref!r}: the value of {k.arg} is not a Python literal (a number, string, "
+                                "list, tuple, dict, True/False/None)", hint=_CALL_HINT) from None
+    return base, kwargs
+
+
 def resolve(ref: str):
-    """Find the object a MODEL reference names (not yet called)."""
+    """Find the object a MODEL (or DATA factory) reference names, not yet called; with arguments
+    (``example:digits_cnn(width=64)``), the factory bound to them."""
+    base, kwargs = split_call(ref)
+    obj = _resolve(base)
+    if not kwargs:
+        return obj
+    if not callable(obj) or isinstance(obj, nn.Module):
+        raise EdgeshipError(f"{base} is a {type(obj).__name__}, not a factory: it takes no arguments", hint=_CALL_HINT)
+    return functools.partial(obj, **kwargs)
+
+
+def _resolve(ref: str):
     if ref.startswith("example:"):
         from . import examples
         name = ref.split(":", 1)[1]
@@ -186,8 +224,9 @@ def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None)
         try:
             obj = obj()
         except TypeError as e:
-            raise EdgeshipError(f"calling {ref} failed: {e}", hint="the factory must take no required arguments") from e
-    default_name = re.sub(r"[^A-Za-z0-9_-]+", "_", ref.rsplit(":", 1)[-1]) or "model"
+            raise EdgeshipError(f"calling {ref} failed: {e}", hint="the factory must take no required arguments, or "
+                                "get them in MODEL: " + _CALL_HINT) from e
+    default_name = re.sub(r"[^A-Za-z0-9_-]+", "_", split_call(ref)[0].rsplit(":", 1)[-1]) or "model"
     if isinstance(obj, ModelSpec):
         spec = obj
         if inputs:
