@@ -42,8 +42,8 @@ def _artifact(report: dict, fmt: str, precision: str) -> dict:
 
 
 def made(fmt: str) -> list[str]:
-    """The precisions ``fmt`` makes for PRECISIONS: Core ML makes fp16-compute packages (its default) for both
-    requests (one artifact, coreml:fp16); TorchScript (PyTorch Mobile) has no fp16 and reports that request failed."""
+    """The precisions ``fmt`` makes for PRECISIONS: every format makes both, except TorchScript (PyTorch Mobile),
+    which has no fp16 and reports that request failed."""
     return [p for p in effective_precisions(fmt, PRECISIONS) if p in get_exporter(fmt).precisions]
 
 

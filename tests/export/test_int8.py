@@ -27,9 +27,9 @@ MODELS = ("tiny_cnn", "tiny_transformer")
 RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "executorch": "executorch"}
 # int8 file / fp32 file, measured: tiny_cnn (11k parameters) onnx 0.62, tflite 0.61, pte 0.68 — per-tensor
 # metadata (names, scales, graph) outweighs its 11 KB of int8 weights; digits_cnn (65k parameters, weights
-# dominate) onnx 0.28, tflite 0.28, pte 0.29.
+# dominate) onnx 0.28, tflite 0.28, pte 0.29, Core ML w8 0.27: the compression demo's target, 0.3, holds.
 TINY_CNN_MAX_RATIO = 0.70
-WEIGHT_BOUND_CNN_MAX_RATIO = 0.45
+WEIGHT_BOUND_CNN_MAX_RATIO = 0.30
 # tiny_transformer is exported in int8 only (its fp32 exports are the conformance suite's): int8 file / fp32
 # parameter bytes, measured onnx (dynamic) 0.30, tflite 0.58, pte 0.54 — the embedding (40% of the weights) stays
 # float in the .pte and in the static-int8 .tflite.
@@ -115,16 +115,21 @@ def test_int8_file_is_smaller_than_fp32(exported, model, fmt):
 
 @pytest.mark.slow
 @GROUP
-@pytest.mark.parametrize("fmt", INT8_FORMATS)
+@pytest.mark.parametrize("fmt", INT8_FORMATS + ("coreml",))
 def test_int8_is_about_a_quarter_of_fp32_where_weights_dominate(exported, fmt):
     # exported without calibration data: seeded random inputs are used, and the notes say so
-    _, report = exported("digits_cnn", calibrate=False)
-    int8 = _art(report, f"{fmt}:int8")
-    assert int8["parity"]["status"] == "pass", int8["parity"]
-    ratio = int8["size_bytes"] / _art(report, f"{fmt}:fp32")["size_bytes"]
+    _, report = exported("digits_cnn", formats=INT8_FORMATS + ("coreml",), calibrate=False)
+    fp32 = _art(report, f"{fmt}:fp32")
+    if fmt == "coreml":   # int8 is weight-only (w8, fp16 compute); fp32 holds fp32 weights
+        int8 = _art(report, "coreml:w8")
+        assert int8["status"] == fp32["status"] == "ok" and fp32["details"]["compute_precision"] == "fp32"
+    else:
+        int8 = _art(report, f"{fmt}:int8")
+        assert int8["parity"]["status"] == "pass", int8["parity"]
+        random_note = [n for n in int8["notes"] if "random inputs" in n]
+        assert random_note and "real data" in random_note[0] and f"on {quantize.DEFAULT_CALIBRATION_SAMPLES} random" in random_note[0]
+    ratio = int8["size_bytes"] / fp32["size_bytes"]
     assert ratio <= WEIGHT_BOUND_CNN_MAX_RATIO, f"{fmt} int8/fp32 size ratio {ratio:.3f}"
-    random_note = [n for n in int8["notes"] if "random inputs" in n]
-    assert random_note and "real data" in random_note[0] and f"on {quantize.DEFAULT_CALIBRATION_SAMPLES} random" in random_note[0]
 
 
 def _n_weight_layers(model: str) -> int:

@@ -54,7 +54,7 @@ def artifact_name(precision: str, suffix: str) -> str:
 
 
 def effective_precisions(fmt: str, requested) -> list[str]:
-    """The precisions ``fmt`` really makes for ``requested``, without duplicates (Core ML: fp32 -> fp16)."""
+    """The precisions ``fmt`` really makes for ``requested``, without duplicates (Core ML: int8 -> w8)."""
     mapping = getattr(get_exporter(fmt), "precision_map", {})
     return list(dict.fromkeys(mapping.get(p, p) for p in requested))
 

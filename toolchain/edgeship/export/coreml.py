@@ -3,7 +3,9 @@
 Prediction needs macOS; on Linux the package is checked for what can be checked (it loads as a spec,
 its input/output names, shapes and dtypes match the model) and parity is "not run: needs macOS".
 
-Weight compression (coremltools.optimize.coreml, on the converted fp16 ML Program; compute stays fp16):
+Precisions name what the package holds: ``fp32`` computes in fp32 (CPU and GPU; the Neural Engine runs fp16 only),
+``fp16`` in fp16 (Apple's default, what the Neural Engine runs). Weight compression (coremltools.optimize.coreml, on
+the converted fp16 ML Program; compute stays fp16):
 ``w8`` linear_quantize_weights (int8, per-channel symmetric), ``w6``/``w4`` palettize_weights (k-means look-up
 tables of 2^6 / 2^4 entries, per tensor). ``int8`` means ``w8`` here. All need iOS 16 / macOS 13. Activation
 quantization (linear_quantize_activations, iOS 17+) is not applied: Core ML int8 here is weights only.
@@ -20,7 +22,7 @@ from ..model import ModelSpec
 from . import Exported, artifact_name, require
 
 log = logging.getLogger(__name__)
-MIN_IOS = "iOS16"   # ML Program with fp16 compute; iOS 16 also allows weight compression
+MIN_IOS = "iOS16"   # ML Program; iOS 16 also allows weight compression
 
 
 class CoreMLExporter:
@@ -28,9 +30,8 @@ class CoreMLExporter:
     suffix = ".mlpackage"
     runtime = "coreml"
     precisions = frozenset({"fp32", "fp16", "w8", "w6", "w4"})
-    # Core ML packages compute in fp16 by default (what the Neural Engine runs); an fp32 request gets that too.
-    # int8 is weight-only int8 (w8): activation quantization needs iOS 17 and is left out.
-    precision_map = {"fp32": "fp16", "int8": "w8"}
+    # int8 is weight-only int8 (w8, fp16 compute): activation quantization needs iOS 17 and is left out.
+    precision_map = {"int8": "w8"}
     extra = "coreml"
     module = "coremltools"
 
