@@ -235,6 +235,9 @@ def compress(
                          **quant_options(final, rec))
     if not as_json:
         console.print(_stages_table(record["stages"]))
+        for s in record["stages"]:
+            if s.get("shipped"):
+                console.print(_shipped_table(s))
     _run_and_print(final, out, opts, as_json, extra={"compression": record})
 
 
@@ -244,9 +247,26 @@ def _stages_table(stages: list[dict]) -> Table:
         t.add_column(col)
     for s in stages:
         notes = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items()
-                          if k not in ("stage", "parameters", "macs", "accuracy"))
+                          if k not in ("stage", "parameters", "macs", "accuracy", "shipped"))
         acc = "—" if s["accuracy"] is None else f"{s['accuracy']:.2%}"
         t.add_row(s["stage"], f"{s['parameters']:,}", f"{s['macs']:,}", acc, escape(notes))
+    return t
+
+
+def _shipped_table(stage: dict) -> Table:
+    """What a pruning stage changed in the fp32 files and their latency in each runtime (compress.run.shipped_change)."""
+    from .report import _fmt_size
+    t = Table(title=f"{stage['stage']}: the fp32 files before → after, latency in each runtime (1 thread, p50)")
+    for col in ("format", "file before", "file after", "× smaller", "p50 ms before", "p50 ms after", "× faster"):
+        t.add_column(col)
+    for r in stage["shipped"]:
+        if r.get("error"):
+            t.add_row(r["format"], f"[red]export failed[/]: {escape(r['error'])}", *[""] * 5)
+            continue
+        lat = (f"{r['p50_ms_before']:.3f}", f"{r['p50_ms_after']:.3f}", f"{r['p50_ms_before'] / r['p50_ms_after']:.2f}×") \
+            if "p50_ms_before" in r else (escape(r.get("latency", "")), "", "")
+        t.add_row(r["format"], _fmt_size(r["size_before"]), _fmt_size(r["size_after"]),
+                  f"{r['size_before'] / r['size_after']:.2f}×", *lat)
     return t
 
 

@@ -166,6 +166,21 @@ def sensitivity_html(sens: dict | None) -> str:
             f"<th>kept in float</th></tr>{rows}</table>")
 
 
+def _shipped_html(stage: dict) -> str:
+    """A pruning stage's effect on the fp32 files and their latency in each runtime (compress.run.shipped_change)."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(r['format'])}</td><td colspan=6>export failed: {e(r['error'])}</td></tr>" if r.get("error") else
+        f"<tr><td>{e(r['format'])}</td><td>{_fmt_size(r['size_before'])}</td><td>{_fmt_size(r['size_after'])}</td>"
+        f"<td>{r['size_before'] / r['size_after']:.2f}×</td>"
+        + (f"<td>{r['p50_ms_before']:.3f}</td><td>{r['p50_ms_after']:.3f}</td><td>{r['p50_ms_before'] / r['p50_ms_after']:.2f}×</td>"
+           if "p50_ms_before" in r else f"<td colspan=3>{e(r.get('latency', ''))}</td>") + "</tr>"
+        for r in stage["shipped"])
+    return (f"<h3>{e(stage['stage'])}: fp32 files before → after, latency in each runtime (1 thread, p50)</h3><table>"
+            "<tr><th>format</th><th>file before</th><th>file after</th><th>× smaller</th><th>p50 ms before</th>"
+            f"<th>p50 ms after</th><th>× faster</th></tr>{rows}</table>")
+
+
 def render_html(report: dict) -> str:
     e = html.escape
     rows = "".join(
@@ -188,6 +203,7 @@ def render_html(report: dict) -> str:
                        f"<tr><td>{e(s['stage'])}</td><td>{s['parameters']:,}</td><td>{s['macs']:,}</td>"
                        f"<td>{'—' if s.get('accuracy') is None else format(s['accuracy'], '.2%')}</td></tr>" for s in stages)
                    + "</table>") if stages else ""
+    stages_html += "".join(_shipped_html(s) for s in stages if s.get("shipped"))
     sens_html = sensitivity_html(report.get("sensitivity"))
     bench_html = ("<h2>Benchmarks</h2><table><tr><th>artifact</th><th>device</th><th>threads</th><th>p50 ms</th><th>p90 ms</th>"
                   f"<th>p99 ms</th><th>load ms</th><th>first run ms</th><th>peak RSS MB</th><th>energy mJ/inf</th></tr>{bench_rows}</table>"
