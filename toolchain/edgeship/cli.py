@@ -86,9 +86,13 @@ def _all_passed(report: dict) -> bool:
                for a in report["artifacts"])
 
 
+MODEL_HELP = ("path/to/file.py:factory, package.module:attr, or example:NAME; factory keyword arguments in "
+              "parentheses, e.g. 'example:digits_cnn(width=64)'")
+
+
 @app.command()
 def export(
-    model: str = typer.Argument(..., help="path/to/file.py:factory, package.module:attr, or example:NAME"),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     input: list[str] = typer.Option([], "--input", "-i", help="NAME:SHAPE[:DTYPE], e.g. image:1x3x224x224 (repeatable)"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (refused if it exists and is not empty, unless --force)"),
     formats: Optional[str] = typer.Option(None, "--formats", "-f", help="comma-separated: onnx,tflite,executorch,coreml (the default: all four), torchscript (legacy PyTorch Mobile, opt-in)"),
@@ -207,7 +211,7 @@ def _training_progress():
 
 @app.command()
 def compress(
-    model: str = typer.Argument(..., help="the model to compress (the teacher, when the recipe distills)"),
+    model: str = typer.Argument(..., help="the model to compress (the teacher, when the recipe distills): " + MODEL_HELP),
     recipe: str = typer.Option(..., "--recipe", "-r", help="recipe.yaml, or a preset name: " + ", ".join(recipe_mod.presets())),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     data: Optional[str] = typer.Option(None, "--data", help="training data (overrides the recipe's data:)"),
@@ -272,7 +276,7 @@ def _shipped_table(stage: dict) -> Table:
 
 @app.command()
 def sweep(
-    model: str = typer.Argument(...),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     prune_: str = typer.Option("0,0.3,0.5,0.7,0.9", "--prune", help="sparsities to try, comma-separated, each in [0, 1)"),
     eval_data: str = typer.Option(..., "--eval", help="labelled DATA: fine-tuned on its train split, measured on its held-out split"),
     out: Path = typer.Option(..., "--out", "-o"),
