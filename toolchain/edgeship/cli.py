@@ -259,18 +259,12 @@ def _stages_table(stages: list[dict]) -> Table:
 
 def _shipped_table(stage: dict) -> Table:
     """What a pruning stage changed in the fp32 files and their latency in each runtime (compress.run.shipped_change)."""
-    from .report import _fmt_size
-    t = Table(title=f"{stage['stage']}: the fp32 files before → after, latency in each runtime (1 thread, p50)")
-    for col in ("format", "file before", "file after", "× smaller", "p50 ms before", "p50 ms after", "× faster"):
+    from .report import SHIPPED_COLUMNS, SHIPPED_TITLE, shipped_cells
+    t = Table(title=f"{stage['stage']}: {SHIPPED_TITLE}")
+    for col in SHIPPED_COLUMNS:
         t.add_column(col)
     for r in stage["shipped"]:
-        if r.get("error"):
-            t.add_row(r["format"], f"[red]export failed[/]: {escape(r['error'])}", *[""] * 5)
-            continue
-        lat = (f"{r['p50_ms_before']:.3f}", f"{r['p50_ms_after']:.3f}", f"{r['p50_ms_before'] / r['p50_ms_after']:.2f}×") \
-            if "p50_ms_before" in r else (escape(r.get("latency", "")), "", "")
-        t.add_row(r["format"], _fmt_size(r["size_before"]), _fmt_size(r["size_after"]),
-                  f"{r['size_before'] / r['size_after']:.2f}×", *lat)
+        t.add_row(*map(escape, shipped_cells(r)), style="red" if r.get("error") else None)
     return t
 
 

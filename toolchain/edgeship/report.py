@@ -166,19 +166,28 @@ def sensitivity_html(sens: dict | None) -> str:
             f"<th>kept in float</th></tr>{rows}</table>")
 
 
+SHIPPED_TITLE = "fp32 files before → after, latency in each runtime (1 thread, p50)"
+SHIPPED_COLUMNS = ("format", "file before", "file after", "× smaller", "p50 ms before", "p50 ms after", "× faster")
+
+
+def shipped_cells(row: dict) -> list[str]:
+    """One row of a pruning stage's ``shipped`` list (compress.run.shipped_change) as the text of SHIPPED_COLUMNS:
+    the one formatting for the CLI table and report.html."""
+    if row.get("error"):
+        return [row["format"], f"export failed: {row['error']}"] + [""] * (len(SHIPPED_COLUMNS) - 2)
+    cells = [row["format"], _fmt_size(row["size_before"]), _fmt_size(row["size_after"]),
+             f"{row['size_before'] / row['size_after']:.2f}×"]
+    if "p50_ms_before" in row:
+        return cells + [f"{row['p50_ms_before']:.3f}", f"{row['p50_ms_after']:.3f}",
+                        f"{row['p50_ms_before'] / row['p50_ms_after']:.2f}×"]
+    return cells + [row.get("latency", ""), "", ""]
+
+
 def _shipped_html(stage: dict) -> str:
-    """A pruning stage's effect on the fp32 files and their latency in each runtime (compress.run.shipped_change)."""
     e = html.escape
-    rows = "".join(
-        f"<tr><td>{e(r['format'])}</td><td colspan=6>export failed: {e(r['error'])}</td></tr>" if r.get("error") else
-        f"<tr><td>{e(r['format'])}</td><td>{_fmt_size(r['size_before'])}</td><td>{_fmt_size(r['size_after'])}</td>"
-        f"<td>{r['size_before'] / r['size_after']:.2f}×</td>"
-        + (f"<td>{r['p50_ms_before']:.3f}</td><td>{r['p50_ms_after']:.3f}</td><td>{r['p50_ms_before'] / r['p50_ms_after']:.2f}×</td>"
-           if "p50_ms_before" in r else f"<td colspan=3>{e(r.get('latency', ''))}</td>") + "</tr>"
-        for r in stage["shipped"])
-    return (f"<h3>{e(stage['stage'])}: fp32 files before → after, latency in each runtime (1 thread, p50)</h3><table>"
-            "<tr><th>format</th><th>file before</th><th>file after</th><th>× smaller</th><th>p50 ms before</th>"
-            f"<th>p50 ms after</th><th>× faster</th></tr>{rows}</table>")
+    head = "".join(f"<th>{c}</th>" for c in SHIPPED_COLUMNS)
+    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in shipped_cells(r)) + "</tr>" for r in stage["shipped"])
+    return f"<h3>{e(stage['stage'])}: {SHIPPED_TITLE}</h3><table><tr>{head}</tr>{rows}</table>"
 
 
 def render_html(report: dict) -> str:
