@@ -8,9 +8,27 @@ import logging
 import os
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 log = logging.getLogger(__name__)
+
+
+def inside(root: Path, rel: str, what: str, *, hint: str | None = None) -> Path:
+    """``root / rel`` where ``rel`` (a POSIX path from a manifest or record) stays inside ``root`` once symlinks are
+    followed; else an EdgeshipError. Containment is checked on resolved real paths, not lexically, so neither
+    ``..``, an absolute path nor a symlink (in ``rel``'s folders or at its end) can lead out of ``root``."""
+    from .errors import EdgeshipError
+    p = PurePosixPath(str(rel))
+    if not isinstance(rel, str) or not p.parts or p.is_absolute() or ".." in p.parts or "\\" in rel or "\0" in rel:
+        raise EdgeshipError(f"{what} {str(rel)[:200]!r} is not a relative path inside {root}",
+                            hint=hint or "the folder was edited by hand or tampered with: export it again")
+    path = Path(root).joinpath(*p.parts)
+    real_root = Path(root).resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise EdgeshipError(f"{what} {rel!r} leads outside {root} (to {real}) through a symbolic link",
+                            hint=hint or "replace the link with the real file, or export again")
+    return path
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -9,7 +9,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from ._io import write_json_atomic
+from ._io import inside, write_json_atomic
 from .errors import EdgeshipError
 
 SCHEMA_VERSION = "1.0"
@@ -61,11 +61,17 @@ def load(folder: Path) -> dict:
         raise EdgeshipError(f"{folder} is not an edgeship export folder: it has no manifest.json",
                             hint="make one with: edgeship export MODEL --out FOLDER")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgeshipError(f"{path} is not valid JSON: {e}") from e
+        manifest = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise EdgeshipError(f"{path} is not valid JSON: {str(e)[:200]}", hint="export the folder again") from e
+    if not isinstance(manifest, dict):
+        raise EdgeshipError(f"{path} holds a JSON {type(manifest).__name__}, not an object", hint="export the folder again")
     check_version(manifest, str(path))
     validate(manifest, str(path))
+    for art in manifest["artifacts"]:   # every path stays inside the folder, symlinks followed
+        inside(Path(folder), art["path"], f"{path}: artifact path")
+    if manifest.get("labels"):
+        inside(Path(folder), manifest["labels"], f"{path}: labels path")
     return manifest
 
 
