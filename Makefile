@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgeship-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-distill clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+bench-distill: setup
+	$(BIN)/python bench/distill.py
 
 clean:
 	rm -rf dist .pytest_cache

@@ -16,37 +16,37 @@ from edgeship.errors import EdgeshipError
 from edgeship.examples import DigitsCNN, digits_cnn
 
 
-def few_labels(train: DataSource, per_class: int) -> DataSource:
-    rng = np.random.default_rng(0)
-    idx = [i for c in range(10) for i in rng.choice(np.flatnonzero(train.y == c), per_class, replace=False)]
-    return train.subset(sorted(idx))
+from bench.distill import few_labels
 
 
 @pytest.mark.slow
-def test_distillation_beats_the_student_trained_alone(teacher, digits):
+def test_distillation_beats_the_student_trained_alone_over_seeds(teacher, digits):
     """Same narrow student (width 16, ~3.9x fewer parameters), same init, data, epochs and seed; only the
-    teacher's soft targets differ. With 20 labelled images per class the teacher's dark knowledge is worth
-    +2.2 to +4.4 test points (seeds 0-5 measured); we ask for more than +0.5 (two test images)."""
+    teacher's soft targets differ, with 20 labelled images per class. `make bench-distill` (bench/distill.py, seeds
+    0-4) measured +2.50 ± 0.79 test points and 0.13 ± 0.06 nats lower cross-entropy on AVX-512; one seed at a time
+    moves by single digits and differs between CPUs, so this asks only what holds well beyond that spread over 3
+    seeds: a mean gain of at least 1 point, distilled better in at least 2 of 3, lower mean cross-entropy."""
+    from bench.distill import run_seed
+    rows = [run_seed(teacher, digits, seed) for seed in (0, 1, 2)]
+    gains = [r["acc_kd"] - r["acc_alone"] for r in rows]
+    assert np.mean(gains) >= 0.01 and sum(g > 0 for g in gains) >= 2, rows
+    assert np.mean([r["nll_kd"] for r in rows]) < np.mean([r["nll_alone"] for r in rows]), rows
+
+
+@pytest.mark.slow
+def test_distill_reports_progress_and_leaves_the_student_untouched(teacher, digits):
     train = few_labels(digits["train"], 20)
     torch.manual_seed(0)
     student = DigitsCNN(16)
-    alone = copy.deepcopy(student)
-    train_classifier(alone, train, digits["val"], TrainConfig(epochs=40, lr=2e-3, batch_size=32, seed=0, patience=None))
     events: list[Progress] = []
     res = distill(teacher, student, train, digits["val"],
-                  DistillConfig(temperature=8, alpha=0.1, epochs=40, lr=2e-3, batch_size=32, seed=0, patience=None),
+                  DistillConfig(temperature=8, alpha=0.1, epochs=6, lr=2e-3, batch_size=32, seed=0, patience=None),
                   progress=events.append)
-    acc_alone = evaluate(alone, digits["test"])
-    acc_kd = evaluate(res.spec.module, digits["test"])
-    assert acc_kd > acc_alone + 0.005, f"distilled {acc_kd:.4f} vs alone {acc_alone:.4f}"
-    # and it is more confident where right: lower test cross-entropy (the demo: 0.065 vs 0.201 nats)
-    nll_kd, nll_alone = eval_nll(res.spec.module, digits["test"]), eval_nll(alone, digits["test"])
-    assert nll_kd < nll_alone, f"distilled NLL {nll_kd:.4f} vs alone {nll_alone:.4f}"
     assert 3.5 < res.compression < 4.5
     assert res.teacher_val_accuracy >= 0.97
     # progress: one "epoch" event per epoch with val accuracy, "step" events in between
     epochs = [e for e in events if e.kind == "epoch"]
-    assert [e.epoch for e in epochs] == list(range(1, 41))
+    assert [e.epoch for e in epochs] == list(range(1, 7))
     assert all(e.val_accuracy is not None and e.stage == "distill" for e in epochs)
     assert max(e.val_accuracy for e in epochs) == res.best_val_accuracy
     # the user's student object was not trained in place
@@ -74,11 +74,14 @@ def test_student_derived_from_the_teacher_by_width(teacher, digits):
 
 @pytest.mark.slow
 def test_unlabelled_data_distils_from_soft_targets_alone(teacher, digits):
+    """800 unlabelled digits, 8 epochs: 0.961-0.981 test accuracy over seeds 0-3 on AVX-512 (400 digits gave
+    0.82-0.93, too close to any bound to hold on every CPU); every seed must clear 0.90."""
     x, _ = digits["train"].arrays()
-    unlabelled = DataSource.from_arrays(x[:400], None, batch_size=32)
-    torch.manual_seed(0)
-    res = distill(teacher, DigitsCNN(16), unlabelled, digits["val"], DistillConfig(epochs=8, patience=None))
-    assert evaluate(res.spec.module, digits["test"]) >= 0.85   # never saw a label
+    unlabelled = DataSource.from_arrays(x[:800], None, batch_size=32)
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        res = distill(teacher, DigitsCNN(16), unlabelled, digits["val"], DistillConfig(epochs=8, patience=None, seed=seed))
+        assert evaluate(res.spec.module, digits["test"]) >= 0.90, seed   # never saw a label
 
 
 @pytest.mark.slow
@@ -166,3 +169,16 @@ def test_config_validation(kw, msg):
         DistillConfig(**kw)
     with pytest.raises(EdgeshipError, match="unknown distillation option"):
         DistillConfig.from_dict({"temprature": 3})
+
+
+def test_the_better_student_ships_unless_forced(teacher, digits):
+    """compress ships the better of distilled and no-teacher twin on the validation split (a user's 530-parameter
+    student on breast-cancer data lost to its twin, 95.25% vs 97.36%, and the loser shipped); the recipe can force."""
+    from edgeship.compress.run import choose_student
+    untrained = teacher.with_module(DigitsCNN(32).eval())
+    which, why = choose_student(untrained, teacher, digits["val"], "auto")
+    assert which == "baseline" and "validation accuracy" in why
+    assert choose_student(teacher, untrained, digits["val"], "auto")[0] == "distilled"
+    assert choose_student(untrained, teacher, digits["val"], "distilled") == ("distilled", "forced by distill.ship: distilled")
+    unlabelled = DataSource.from_arrays(digits["val"].arrays()[0], None)
+    assert choose_student(untrained, teacher, unlabelled, "auto")[0] == "distilled"
