@@ -124,6 +124,32 @@ def test_parse_device_kinds_and_errors():
         assert e.value.hint
 
 
+@pytest.mark.parametrize("url", ["ssh://u:secret@127.0.0.1", "ssh://u:secret@127.0.0.1:notaport",
+                                 "ssh://u:sec/ret@host", "ssh://u:secret@", "ssh://:secret@host", "sshx://u:secret@host"])
+def test_device_url_with_a_password_is_refused_without_echoing_it(url: str):
+    """A password in a device URL would be ignored (BatchMode=yes): refused, and no message ever shows it."""
+    with pytest.raises(EdgeshipError) as e:
+        parse_device(url)
+    assert "secret" not in str(e.value) and "sec/ret" not in str(e.value) and e.value.hint
+    if url.startswith("ssh://"):
+        assert "password" in e.value.message and "ssh config" in e.value.hint and "key" in e.value.hint
+
+
+def test_ssh_config_keyword_equals_value(tmp_path: Path):
+    """``Keyword=value`` and ``Keyword = value`` separate at the first ``=`` only; a Host value is a pattern list."""
+    cfg = tmp_path / "config"
+    cfg.write_text("""
+Host=alias
+  HostName = alias.lan
+Host a=b "quoted name"
+\tUser\tpi
+Host = x y
+""")
+    assert ssh_config_hosts(cfg) == [("alias", "ssh config: alias.lan"), ("a=b", "ssh config: pi@a=b"),
+                                     ("quoted name", "ssh config: pi@quoted name"), ("x", "ssh config: x"),
+                                     ("y", "ssh config: y")]
+
+
 def test_ssh_config_hosts(tmp_path: Path):
     cfg = tmp_path / "config"
     cfg.write_text("""

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the 
 from edgeship.bench.devices import LocalDevice, SshDevice  # noqa: E402
 from edgeship.bench.energy import (AndroidBatterySource, EnergySampler, ExternalMeterSource,  # noqa: E402
                                    PiPmicSource, Unavailable, battery_watts, energy_per_inference_mj, integrate,
-                                   mean_power, pmic_rails, pmic_watts, power_source)
+                                   mean_power, pmic_rails, pmic_watts, power_source, redact_command)
 from edgeship.errors import EdgeshipError  # noqa: E402
 from support.adb import AdbLab, adb_lab  # noqa: E402,F401  (fixture)
 from support.sshd import SshServer, sshd  # noqa: E402,F401  (fixture)
@@ -153,11 +153,27 @@ def test_external_meter(tmp_path: Path, streaming: bool):
     res = _measure(source, run, inferences=12)
     assert source.restart is (not streaming)
     assert res.available, res.reason
-    assert res.method == "external-meter" and cmd in res.method_detail
+    assert res.method == "external-meter" and redact_command(cmd) in res.method_detail
+    assert str(watts) not in res.method_detail              # the command's arguments are never stored
     assert res.idle_w == pytest.approx(2.5, abs=0.01)
     assert res.samples >= 10
     # 5 W above idle for 1.2 s over 12 inferences = 500 mJ, give or take one sample interval at each edge
     assert res.mj_per_inference == pytest.approx(500, rel=0.15)
+
+
+@pytest.mark.parametrize("cmd,stored", [
+    ("curl -s -H 'Authorization: Bearer abc123' https://meter.lan/watts", "curl <redacted 4 args>"),
+    ("TOKEN=abc123 /opt/meter/read-watts --key=abc123", "read-watts <redacted 2 args>"),
+    ("read-watts", "read-watts"),
+    ("meter --password=abc123", "meter <redacted 1 arg>"),
+    ("meter 'abc123", "<redacted command>"),                  # does not split into words
+    ("$(cat /run/abc123) --watts", "<redacted command>"),     # no plain program name
+    ("API_KEY=abc123", "<redacted command>"),
+])
+def test_power_cmd_is_redacted(cmd: str, stored: str):
+    """What report.json keeps of --power-cmd: the program's name and an argument count, never an argument."""
+    assert redact_command(cmd) == stored
+    assert "abc123" not in ExternalMeterSource(cmd).detail
 
 
 def test_too_short_a_run_is_not_a_figure(tmp_path: Path):

@@ -21,7 +21,7 @@ import pytest
 
 from edgeship.bench import native
 from edgeship.bench.devices import AdbDevice, LocalDevice, SshDevice
-from edgeship.bench.harness import RUNNER_DIR, BenchOptions, bench_folder
+from edgeship.bench.harness import RUNNER_DIR, BenchOptions, bench_folder, remote_path
 from edgeship.errors import EdgeshipError
 from support.adb import AdbLab, adb_lab  # noqa: F401  (fixture)
 from support.sshd import SshServer, sshd  # noqa: F401  (fixture)
@@ -140,6 +140,49 @@ def test_compare_gives_int8_speedup_over_fp32_in_the_same_run(tmp_path: Path):
     assert sv["x"] == pytest.approx(by["onnx:fp32"]["latency_ms"]["p50"] / by["onnx:int8"]["latency_ms"]["p50"], rel=1e-3)
     assert len(sv["rounds_x"]) == 2 and all(x > 0 for x in sv["rounds_x"])
     assert _bench_entries(out) == entries
+
+
+# ------------------------------------------------------------------------------------------ containment
+
+@pytest.mark.parametrize("rel", ["../../escaped/evil.sh", "/etc/evil.sh", "onnx/../../evil.sh", "..", "", ".",
+                                 "onnx\\..\\..\\evil", "a\0b"])
+def test_remote_paths_never_leave_the_temp_folder(rel: str):
+    with pytest.raises(EdgeshipError, match="would leave the device's temp folder"):
+        remote_path("/tmp/edgeship-x", rel)
+    assert remote_path("/tmp/edgeship-x", "./onnx//model.onnx") == "/tmp/edgeship-x/onnx/model.onnx"
+
+
+def test_containment_holds_even_if_the_manifest_check_is_bypassed(folder: Path, tmp_path: Path, monkeypatch):
+    """Defence in depth: with manifest.load's own containment check switched off, the harness still reads no
+    artifact from outside the folder and writes nothing outside its temp folder."""
+    from edgeship import manifest as manifest_mod
+    monkeypatch.setattr(manifest_mod, "load", lambda f: json.loads((Path(f) / "manifest.json").read_text()))
+    m = json.loads((folder / "manifest.json").read_text())
+    evil = tmp_path / "escaped" / "evil.sh"
+    evil.parent.mkdir()
+    evil.write_text("#!/bin/sh\n")
+    m["artifacts"][0]["path"] = "../../escaped/evil.sh"
+    (folder / "manifest.json").write_text(json.dumps(m))
+    dev = LocalDevice()
+    made = _spy_tempdirs(dev)
+    with pytest.raises(EdgeshipError, match="not a relative path"):
+        bench_folder(folder, dev, BenchOptions(formats=["onnx"], energy="off", **OPTS))
+    assert made == [] and _bench_entries(folder) == []
+
+
+def test_artifact_changed_since_export_fails_and_is_not_pushed(folder: Path):
+    """A file whose sha256 no longer matches the manifest fails with the reason; the other artifact still runs."""
+    onnx = folder / "onnx" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    dev = LocalDevice()
+    pushed: list[str] = []
+    original = dev.push
+    dev.push = lambda local, remote: (pushed.append(remote), original(local, remote))[1]
+    entries = {e["format"]: e for e in bench_folder(folder, dev, BenchOptions(energy="off", **OPTS))}
+    assert entries["onnx"]["status"] == "failed" and "latency_ms" not in entries["onnx"]
+    assert "changed since export; run edgeship verify" in entries["onnx"]["reason"]
+    assert entries["tflite"]["status"] == "ok"
+    assert not any(r.endswith("model.onnx") for r in pushed) and any(r.endswith("model.tflite") for r in pushed)
 
 
 # ------------------------------------------------------------------------------------------ ssh

@@ -16,7 +16,7 @@ name and a rename, and refuses to replace an existing ``local`` unless ``force=T
 stderr; a timeout or a lost connection raises EdgeshipError and stops the command on the device.
 
 SSH uses the system ``ssh`` binary with BatchMode=yes (key-based auth from the user's ssh config, never a
-password; ``ssh_config=`` or EDGESHIP_SSH_CONFIG names another config file). Files travel as a tar stream
+password: a URL with one, ``ssh://user:pw@host``, is refused and no message shows it; ``ssh_config=`` or EDGESHIP_SSH_CONFIG names another config file). Files travel as a tar stream
 over one ssh connection (needs ``tar`` on the board, which every Linux image has; works without an sftp
 subsystem, unlike OpenSSH 9's scp). adb uses the real ``adb`` client (``adb=`` or EDGESHIP_ADB, server port
 from ``server_port=`` or ANDROID_ADB_SERVER_PORT) and keeps its files under /data/local/tmp/edgeship.
@@ -147,6 +147,18 @@ class Device(Protocol):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+def _redact_url(text: str) -> str:
+    """``text`` with the password of a ``scheme://user:password@host`` URL replaced by ``***``, for messages.
+
+    The user info is everything between ``://`` and the *last* ``@`` (as urlsplit reads it, so a password may hold
+    ``@``, ``/`` or ``?``); when it holds a ``:``, what follows the first ``:`` is the password."""
+    scheme, sep, rest = str(text).partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return str(text)
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+
 
 def _tail(text: str | bytes | None, n: int = 600) -> str:
     if isinstance(text, bytes):
@@ -541,15 +553,27 @@ class SshDevice(_RemoteShellDevice):
     def __init__(self, url: str, *, ssh_config: str | Path | None = None, python: str | None = None,
                  ssh: str | None = None):
         super().__init__()
-        parts = urlsplit(url)
-        if parts.scheme != "ssh" or not parts.hostname:
-            raise EdgeshipError(f"not an ssh device URL: {url!r}", hint="use ssh://user@host[:port]")
+        shown = _redact_url(url)      # every message names the URL without its password
+        if shown != url:
+            plain = shown.replace(":***@", "@", 1)
+            raise EdgeshipError(
+                f"the device URL {shown} carries a password: edgeship never sends passwords (ssh runs with "
+                "BatchMode=yes, so it would be ignored)",
+                hint=f"use {plain} with key-based auth (ssh-keygen, then ssh-copy-id to the board) or a Host entry "
+                     "with IdentityFile in your ssh config (--ssh-config FILE)")
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError as e:
+            raise EdgeshipError(f"not an ssh device URL: {shown!r} ({e})", hint="use ssh://user@host[:port]") from None
+        if parts.scheme != "ssh" or not hostname:
+            raise EdgeshipError(f"not an ssh device URL: {shown!r}", hint="use ssh://user@host[:port]")
         if parts.path not in ("", "/"):
-            raise EdgeshipError(f"unexpected path {parts.path!r} in {url!r}", hint="use ssh://user@host[:port]")
+            raise EdgeshipError(f"unexpected path {parts.path!r} in {shown!r}", hint="use ssh://user@host[:port]")
         try:
             self.port = parts.port
         except ValueError:
-            raise EdgeshipError(f"bad port in {url!r}", hint="use ssh://user@host:2222") from None
+            raise EdgeshipError(f"bad port in {shown!r}", hint="use ssh://user@host:2222") from None
         self.user, self.host = parts.username, parts.hostname
         query = parse_qs(parts.query)
         self.python = python or (query.get("python") or [None])[0] or "python3"
@@ -902,7 +926,7 @@ def parse_device(text: str, *, ssh_config: str | Path | None = None, python: str
         if t.startswith("adb:") and not serial:
             raise EdgeshipError("adb: needs a serial after the colon", hint="adb:SERIAL (see `adb devices`), or just adb")
         return AdbDevice(serial, adb=adb, server_port=adb_server_port, python=python)
-    raise EdgeshipError(f"unknown device {text!r}",
+    raise EdgeshipError(f"unknown device {_redact_url(text)!r}",
                         hint="use local, ssh://user@host[:port], adb or adb:SERIAL (see `edgeship devices`)")
 
 
@@ -921,9 +945,22 @@ def list_devices(*, ssh_config: str | Path | None = None, adb: str | None = None
     return out
 
 
+_CONFIG_LINE = re.compile(r"^(?P<key>[^\s=]+)(?:\s*=\s*|\s+)(?P<value>.*)$")
+
+
+def _config_line(line: str) -> tuple[str, str]:
+    """(keyword in lower case, value) of one ssh_config line: ``Keyword value``, ``Keyword=value`` or
+    ``Keyword = value``. Only the first ``=`` (the one right after the keyword) separates; the value is kept as is,
+    so ``Host a=b`` names the pattern ``a=b``."""
+    m = _CONFIG_LINE.match(line)
+    if not m:
+        return line.lower(), ""
+    return m.group("key").lower(), m.group("value").strip()
+
+
 def ssh_config_hosts(path: Path) -> list[tuple[str, str]]:
     """(alias, "user@hostname:port") for each concrete ``Host`` in an ssh config (patterns are skipped;
-    ``Include`` is not followed)."""
+    ``Include`` is not followed). A ``Host`` value is a whitespace-separated pattern list (double quotes group)."""
     try:
         lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -933,10 +970,9 @@ def ssh_config_hosts(path: Path) -> list[tuple[str, str]]:
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        key, _, value = line.replace("=", " ", 1).partition(" ")
-        key, value = key.lower(), value.strip()
+        key, value = _config_line(line)
         if key == "host":
-            hosts.append((value.split(), {}))
+            hosts.append((_patterns(value), {}))
         elif key == "match":
             hosts.append(([], {}))
         elif hosts and key in ("hostname", "user", "port"):
@@ -950,3 +986,13 @@ def ssh_config_hosts(path: Path) -> list[tuple[str, str]]:
             target += opts.get("hostname", name) + (f":{opts['port']}" if "port" in opts else "")
             out.append((name, f"ssh config: {target}"))
     return out
+
+
+def _patterns(value: str) -> list[str]:
+    """The patterns of a ``Host`` line: split on whitespace, double quotes grouping (as ssh reads them)."""
+    try:
+        lex = shlex.shlex(value, posix=True)
+        lex.whitespace_split, lex.quotes, lex.escape, lex.commenters = True, '"', "", ""
+        return [w for w in lex if w]
+    except ValueError:      # an unbalanced quote: ssh itself refuses the file; list nothing for this line
+        return []

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["EnergyResult", "EnergySampler", "PowerSource", "AndroidBatterySource", "PiPmicSource",
            "ExternalMeterSource", "Unavailable", "power_source", "integrate", "mean_power",
-           "energy_per_inference_mj", "battery_watts", "pmic_rails", "pmic_watts"]
+           "energy_per_inference_mj", "battery_watts", "pmic_rails", "pmic_watts", "redact_command"]
 
 MIN_WINDOW_SAMPLES = 3
 
@@ -357,6 +357,42 @@ class PiPmicSource(PowerSource):
         return pmic_watts(line.replace("|", "\n"))
 
 
+_PROGRAM = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def redact_command(command: str) -> str:
+    """``--power-cmd`` as it may be stored (report.json, report.html, --json output, logs): the program's name and
+    how many arguments followed it, never the arguments themselves.
+
+    The rule: the command is split into shell words; leading ``VAR=value`` assignments are skipped; the first other
+    word, reduced to its base name, is kept if it is a plain name (letters, digits, ``._+-``); every other word,
+    assignments included, is counted, not shown::
+
+        curl -s -H 'Authorization: Bearer abc' http://meter/watts   ->  curl <redacted 4 args>
+        TOKEN=abc /opt/bin/read-watts --key=xyz                      ->  read-watts <redacted 2 args>
+        read-watts                                                   ->  read-watts
+
+    No heuristic guesses which argument is secret: a header, a URL's query, ``--password x`` or a pipeline's later
+    commands may each carry one, and a report only needs to say which meter was used. A command that does not split
+    (an unbalanced quote) or whose program is not a plain name is stored as ``<redacted command>``.
+    """
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return "<redacted command>"
+    i = 0
+    while i < len(words) and _ASSIGNMENT.match(words[i]):
+        i += 1
+    if i == len(words):
+        return "<redacted command>"
+    program = words[i].rsplit("/", 1)[-1]
+    if not _PROGRAM.match(program):
+        return "<redacted command>"
+    n = len(words) - 1
+    return program if n == 0 else f"{program} <redacted {n} arg{'s' if n != 1 else ''}>"
+
+
 class ExternalMeterSource(PowerSource):
     method = "external-meter"
 
@@ -364,7 +400,8 @@ class ExternalMeterSource(PowerSource):
         if not command.strip():
             raise EdgeshipError("--power-cmd is empty", hint='--power-cmd "my-meter --watts"')
         self.command = command
-        self.detail = f"external meter: `{command}` (watts, on the host) sampled during the run, minus the idle baseline"
+        self.detail = (f"external meter: `{redact_command(command)}` (--power-cmd, its arguments redacted; watts, on "
+                       "the host) sampled during the run, minus the idle baseline")
         self._oneshot = False
 
     def _probe(self) -> str | None:

@@ -21,13 +21,14 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping, Sequence
 
 import edgeship_runtime
 
 from .. import manifest as manifest_mod
 from .. import report as report_mod
+from .._io import inside, sha256_path
 from ..errors import EdgeshipError
 from . import native
 
@@ -122,8 +123,35 @@ def parse_runner_output(stdout: str) -> dict:
     raise ValueError("the runner printed no JSON result")
 
 
+def remote_path(d: str, rel: str) -> str:
+    """``rel`` (a relative POSIX path from the manifest) inside the device temp folder ``d``, rebuilt from its parts.
+
+    Defence in depth: ``manifest.load`` already refuses artifact paths that lead out of the export folder, but the
+    path on the device is built here from ``rel``'s parts alone (``.`` and empty parts dropped), and anything that
+    could climb out of ``d`` (``..``, an absolute path, a backslash, NUL) is refused, so no manifest can make the
+    bench write outside its temp folder on any device."""
+    text = str(rel)
+    parts = PurePosixPath(text).parts
+    if not parts or PurePosixPath(text).is_absolute() or ".." in parts or "\\" in text or "\0" in text:
+        raise EdgeshipError(f"artifact path {text[:200]!r} would leave the device's temp folder {d}",
+                            hint="the manifest was edited by hand or tampered with: export the folder again")
+    return f"{d}/{'/'.join(parts)}"
+
+
+def _changed(folder: Path, art: dict) -> str | None:
+    """None when the artifact's bytes are those the manifest's sha256 names, else why it must not be benched."""
+    path = inside(folder, art["path"], "artifact path")
+    if not path.exists():
+        return f"{art['path']} is missing from {folder}; export again"
+    digest = sha256_path(path)
+    if digest != art["sha256"]:
+        return (f"{art['path']} changed since export; run edgeship verify (its sha256 {digest[:12]}… differs from "
+                f"manifest.json's {art['sha256'][:12]}…)")
+    return None
+
+
 def _runner_argv(device, d: str, art: dict, opts: BenchOptions, threads: int | None) -> list[str]:
-    argv = [device.python or "python3", "-m", "edgeship_runtime.bench", f"{d}/{art['path']}",
+    argv = [device.python or "python3", "-m", "edgeship_runtime.bench", remote_path(d, art["path"]),
             "--manifest", f"{d}/manifest.json", "--runs", str(opts.runs), "--warmup", str(opts.warmup)]
     if threads:
         argv += ["--threads", str(threads)]
@@ -179,7 +207,7 @@ def _tool_job(device, d: str, art: dict, opts: BenchOptions, threads: int | None
     fmt = art["format"]
 
     def job() -> dict:
-        return native.run_tool(device, fmt, exe, f"{d}/{art['path']}", runs=opts.runs, warmup=opts.warmup,
+        return native.run_tool(device, fmt, exe, remote_path(d, art["path"]), runs=opts.runs, warmup=opts.warmup,
                                threads=threads, timeout_s=opts.timeout_s, cwd=d,
                                env={"LD_LIBRARY_PATH": exe.rsplit("/", 1)[0]}, affinity=opts.affinity)
     return job
@@ -209,7 +237,11 @@ def _why_not(art: dict, device, info, opts: BenchOptions) -> str | None:
 
 
 def _push(device, d: str, folder: Path, runnable: list[dict], opts: BenchOptions) -> dict[str, str]:
-    """Put what the chosen way needs on the device; returns {format: executable} for native tools."""
+    """Put what the chosen way needs on the device; returns {format: executable} for native tools.
+
+    Every destination is built by :func:`remote_path` inside ``d``; every artifact is read through
+    :func:`edgeship._io.inside` (symlinks followed), so nothing is read from outside ``folder`` nor written outside
+    ``d``."""
     exes: dict[str, str] = {}
     if opts.via == "python":
         device.push(RUNNER_DIR, f"{d}/edgeship_runtime")
@@ -217,17 +249,21 @@ def _push(device, d: str, folder: Path, runnable: list[dict], opts: BenchOptions
     if opts.via == "tool":
         for fmt in dict.fromkeys(a["format"] for a in runnable):
             src, name = native.resolve_tool(fmt, Path(opts.tools[fmt]))
-            dest = f"{d}/tools/{fmt}"
-            device.push(src, f"{dest}/{name}" if src.is_file() else dest)
-            exes[fmt] = f"{dest}/{name}"
+            dest = remote_path(d, f"tools/{fmt}")
+            device.push(src, remote_path(d, f"tools/{fmt}/{name}") if src.is_file() else dest)
+            exes[fmt] = remote_path(d, f"tools/{fmt}/{name}")
             device.run(["chmod", "755", exes[fmt]], 60, check=True)
     for a in runnable:
-        device.push(folder / a["path"], f"{d}/{a['path']}")
+        device.push(inside(folder, a["path"], "artifact path"), remote_path(d, a["path"]))
     return exes
 
 
 def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | None = None) -> list[dict]:
-    """Benchmark every selected artifact of ``folder`` on ``device``; returns the new report.json bench entries."""
+    """Benchmark every selected artifact of ``folder`` on ``device``; returns the new report.json bench entries.
+
+    The folder is read through ``manifest.load`` (every artifact path stays inside it, symlinks followed); before
+    anything is pushed each artifact's sha256 is checked against the manifest, and one that changed since export is
+    not benched: its entry fails with the reason. Device paths are built by :func:`remote_path`."""
     on_event = on_event or (lambda *a: None)
     folder = Path(folder)
     manifest = manifest_mod.load(folder)
@@ -241,8 +277,13 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
     runnable = []
     for a in arts:
         key = f"{a['format']}:{a['precision']}"
-        reason = _why_not(a, device, info, opts)
-        if reason:
+        # the bytes pushed must be the bytes exported (and verified); the app runs its own packaged copy
+        changed = _changed(folder, a) if opts.via != "app" else None
+        reason = None if changed else _why_not(a, device, info, opts)
+        if changed:
+            entries.append(_entry(device, info, a, None, opts, status="failed", reason=changed))
+            on_event(key, "failed", {"reason": changed})
+        elif reason:
             entries.append(_entry(device, info, a, None, opts, status="skipped", reason=reason))
             on_event(key, "skipped", {"reason": reason})
         else:
