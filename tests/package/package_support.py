@@ -54,6 +54,21 @@ def write_manifest(folder: Path, artifacts: list[dict]) -> dict:
     return manifest
 
 
+def report_entry(art: dict, parity: str = "pass", reason: str | None = None) -> dict:
+    """A report.json artifact row as `edgeship export` writes it (status ok, parity in its runtime)."""
+    metric, threshold = ("cosine", 0.9999) if art["precision"] == "fp32" else ("cosine", 0.999)
+    return {"key": f"{art['format']}:{art['precision']}", "format": art["format"], "precision": art["precision"],
+            "status": "ok", "path": art["path"], "size_bytes": art["size_bytes"],
+            "parity": {"status": parity, "metric": metric, "threshold": threshold,
+                       "value": 1.0 if parity == "pass" else None, "samples": 4 if parity == "pass" else 0,
+                       "reason": reason}}
+
+
+def write_report(folder: Path, entries: list[dict]) -> None:
+    report = {"schema_version": "1.0", "name": "tiny_cnn", "artifacts": entries, "bench": []}
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
 def _version(pkg: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -70,9 +85,9 @@ def make_export(folder: Path) -> Path:
     torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(folder / "onnx" / "model.onnx"), dynamo=True,
                       external_data=False, input_names=["image"], output_names=["logits"])
     (folder / "labels.txt").write_text("\n".join(LABELS) + "\n")
-    (folder / "report.json").write_text("{}\n")
-    write_manifest(folder, [artifact_entry(folder, "onnx/model.onnx", "onnx", "fp32", "onnxruntime",
-                                           [1, 3, SIZE, SIZE], [1, len(LABELS)])])
+    manifest = write_manifest(folder, [artifact_entry(folder, "onnx/model.onnx", "onnx", "fp32", "onnxruntime",
+                                                      [1, 3, SIZE, SIZE], [1, len(LABELS)])])
+    write_report(folder, [report_entry(a) for a in manifest["artifacts"]])
     return folder
 
 
@@ -102,6 +117,9 @@ def _export_with_coreml(_export_master, tmp_path_factory) -> Path:
         folder, "coreml/model.mlpackage", "coreml", "fp16", "coreml", [1, 3, SIZE, SIZE], [1, len(LABELS)],
         in_name=spec.description.input[0].name, out_name=spec.description.output[0].name, min_os={"ios": "16"}))
     write_manifest(folder, manifest["artifacts"])
+    write_report(folder, [report_entry(a) if a["format"] != "coreml" else  # as on Linux: Core ML cannot predict here
+                          report_entry(a, "not run", "needs macOS: Core ML prediction runs only there")
+                          for a in manifest["artifacts"]])
     return folder
 
 

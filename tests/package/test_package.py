@@ -12,7 +12,7 @@ from edgeship._io import sha256_path
 from edgeship.errors import EdgeshipError
 from edgeship.package import APPS, RECORD, package
 
-from package_support import LABELS, REPO, tree
+from package_support import LABELS, REPO, tree, write_report
 
 ASSETS = "app/src/main/assets/model"
 
@@ -54,6 +54,7 @@ def test_ios_gets_the_mlpackage_flat_in_its_model_folder(export_with_coreml, ios
     res = package(export_with_coreml, "ios", app_root=ios_app)
     assert res.dest == (ios_app / "EdgeshipDemo" / "Model").absolute()
     _check_packaged(res, export_with_coreml, ["model.mlpackage"])       # flat: Xcode flattens bundle resources
+    assert any("parity not run" in n and "needs macOS" in n for n in res.notes), res.notes   # accepted, but said
     assert (res.dest / "model.mlpackage" / "Manifest.json").is_file()
     assert not (res.dest / "onnx").exists()
 
@@ -236,7 +237,7 @@ def test_a_user_file_where_packaging_would_write_needs_force(export_dir, android
 def test_damaged_record_is_reported(export_dir, android_app):
     res = package(export_dir, "android", app_root=android_app)
     (res.dest / RECORD).write_text('{"files": {"../../settings.gradle.kts": "x"}}')
-    with pytest.raises(EdgeshipError, match="not a path inside its folder"):
+    with pytest.raises(EdgeshipError, match="is not a relative path inside"):
         package(export_dir, "android", app_root=android_app)
     assert (android_app / "settings.gradle.kts").is_file()
 
@@ -244,3 +245,105 @@ def test_damaged_record_is_reported(export_dir, android_app):
 def test_every_app_has_a_default_root_in_the_repo():
     for target in APPS.values():
         assert (REPO / target.default_root).is_dir(), target.default_root
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# only artifacts that passed parity (report.json)
+
+def _set_parity(export_dir: Path, parity: str, reason: str | None, **entry) -> None:
+    report = json.loads((export_dir / "report.json").read_text())
+    report["artifacts"][0]["parity"] |= {"status": parity, "reason": reason, "value": -0.53}
+    report["artifacts"][0] |= entry
+    (export_dir / "report.json").write_text(json.dumps(report))
+
+
+def test_failed_parity_is_refused_unless_allowed(export_dir, android_app):
+    _set_parity(export_dir, "fail", "cosine -0.53 is below the fp32 threshold 0.9999")
+    with pytest.raises(EdgeshipError, match=r"onnx/model.onnx \(onnx fp32\): parity fail: cosine -0.53") as e:
+        package(export_dir, "android", app_root=android_app)
+    assert "edgeship verify" in e.value.hint and "--allow-failed" in e.value.hint
+    assert not (android_app / ASSETS).exists()
+    res = package(export_dir, "android", app_root=android_app, allow_failed=True)
+    assert (res.dest / "onnx" / "model.onnx").is_file()
+    assert any("did not pass" in n and "cosine -0.53" in n for n in res.notes), res.notes
+
+
+def test_failed_export_and_unlisted_artifacts_are_refused(export_dir, android_app):
+    _set_parity(export_dir, "pass", None, status="failed", error="the converter crashed")
+    with pytest.raises(EdgeshipError, match="export failed: the converter crashed"):
+        package(export_dir, "android", app_root=android_app)
+    write_report(export_dir, [])
+    with pytest.raises(EdgeshipError, match="onnx/model.onnx .*not listed in report.json"):
+        package(export_dir, "android", app_root=android_app)
+
+
+@pytest.mark.parametrize("content, words", [(None, "has no report.json"), (b"\xff\xfe{", "is not valid JSON"),
+                                            (b"{not json", "is not valid JSON"), (b"[]", "not an edgeship report"),
+                                            (b'{"name": "m"}', "has no artifacts list")])
+def test_unreadable_report_is_an_error_with_a_hint(export_dir, android_app, content, words):
+    if content is None:
+        (export_dir / "report.json").unlink()
+    else:
+        (export_dir / "report.json").write_bytes(content)
+    with pytest.raises(EdgeshipError, match=words) as e:
+        package(export_dir, "android", app_root=android_app, allow_failed=True)
+    assert e.value.hint
+    assert not (android_app / ASSETS).exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# symbolic links: never read, write or delete outside the export folder and the destination
+
+def test_an_artifact_linked_inside_the_export_is_copied_as_the_real_file(export_dir, android_app):
+    real = export_dir / "onnx" / "real.onnx"
+    (export_dir / "onnx" / "model.onnx").rename(real)
+    (export_dir / "onnx" / "model.onnx").symlink_to("real.onnx")
+    res = package(export_dir, "android", app_root=android_app)
+    copied = res.dest / "onnx" / "model.onnx"
+    assert not copied.is_symlink() and copied.read_bytes() == real.read_bytes()
+
+
+def test_a_link_the_record_lists_is_removed_not_its_target(export_dir, android_app):
+    first = package(export_dir, "android", app_root=android_app)
+    (first.dest / "NOTES.md").write_text("mine\n")
+    (first.dest / "labels.txt").unlink()
+    (first.dest / "labels.txt").symlink_to("NOTES.md")          # a link inside the destination, to a user's file
+    package(export_dir, "android", app_root=android_app)
+    assert (first.dest / "NOTES.md").read_text() == "mine\n"
+    assert not (first.dest / "labels.txt").is_symlink()
+    assert (first.dest / "labels.txt").read_text().splitlines() == LABELS
+
+
+def test_a_record_entry_through_a_link_out_of_the_destination_is_refused(export_dir, android_app, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("keep\n")
+    first = package(export_dir, "android", app_root=android_app)
+    (first.dest / "link").symlink_to(outside)
+    record = json.loads((first.dest / RECORD).read_text())
+    record["files"]["link/victim.txt"] = "0" * 64
+    (first.dest / RECORD).write_text(json.dumps(record))
+    with pytest.raises(EdgeshipError, match="link/victim.txt' leads outside") as e:
+        package(export_dir, "android", app_root=android_app)
+    assert RECORD in e.value.hint
+    assert (outside / "victim.txt").read_text() == "keep\n"
+
+
+def test_a_destination_subfolder_linked_outside_is_refused(export_dir, android_app, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    model_dir = android_app / ASSETS
+    model_dir.mkdir(parents=True)
+    (model_dir / "onnx").symlink_to(outside)
+    with pytest.raises(EdgeshipError, match="destination path 'onnx/model.onnx' leads outside"):
+        package(export_dir, "android", app_root=android_app, force=True)
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in model_dir.iterdir()) == ["onnx"], "something was written before the refusal"
+
+
+@pytest.mark.slow
+def test_a_link_inside_an_mlpackage_is_refused(export_with_coreml, ios_app, tmp_path):
+    (tmp_path / "secret.txt").write_text("not for the app\n")
+    (export_with_coreml / "coreml" / "model.mlpackage" / "Data" / "extra").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(EdgeshipError, match="holds a symbolic link"):
+        package(export_with_coreml, "ios", app_root=ios_app)

@@ -5,6 +5,10 @@ them (paths relative to the model folder) and labels.txt into the app's model fo
 checked against the manifest before it is copied. What packaging wrote is recorded in ``.edgeship-packaged.json``
 in that folder, so packaging again replaces exactly those files and never touches anything else there.
 
+Only artifacts that report.json shows passing parity in their runtime are packaged (``allow_failed`` overrides).
+Every path is checked on resolved real paths (``_io.inside``): a symbolic link in the export folder, in the
+destination or in a packaging record never leads package to read, write or delete anything outside them.
+
 Targets (``APPS``):
   android  android-demo/app/src/main/assets/model/   .tflite .pte .onnx   (the app reads assets/model/manifest.json)
   ios      ios-demo/EdgeshipDemo/Model/               .mlpackage            (Xcode compiles it at build time)
@@ -27,7 +31,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from . import manifest as manifest_mod
-from ._io import sha256_path, write_json_atomic
+from . import report as report_mod
+from ._io import inside, sha256_path, write_json_atomic
 from .errors import EdgeshipError
 
 log = logging.getLogger(__name__)
@@ -69,41 +74,54 @@ class PackageResult:
     manifest: dict                              # the manifest.json written into dest
     archive: Path | None = None                 # the .tar.gz beside a pi bundle
     removed: list[str] = field(default_factory=list)   # files of the previous packaging that were replaced
+    notes: list[str] = field(default_factory=list)     # what a user should know: parity not run here, or shipped failed
 
     def to_dict(self) -> dict:
         return {"app": self.app, "dest": str(self.dest), "archive": str(self.archive) if self.archive else None,
-                "files": self.files, "artifacts": [a["path"] for a in self.artifacts], "removed": self.removed}
+                "files": self.files, "artifacts": [a["path"] for a in self.artifacts], "removed": self.removed,
+                "notes": self.notes}
 
 
 def package(export_dir: Path, app: str, *, dest: Path | None = None, app_root: Path | None = None,
             formats: str | Sequence[str] | None = None, precision: str | Sequence[str] | None = None,
-            force: bool = False) -> PackageResult:
+            force: bool = False, allow_failed: bool = False) -> PackageResult:
     """Copy an export's artifacts, manifest and labels into a demo app (``android``, ``ios``) or a Pi bundle (``pi``).
 
     ``dest`` overrides the model folder (android/ios) or names the bundle folder (pi; default ``<export>-pi``
     beside the export). ``app_root`` is the demo's folder (default: the one in this repository). ``formats`` and
     ``precision`` narrow the artifacts (default: every artifact the app can run). ``force`` lets packaging
-    overwrite files in ``dest`` that an earlier packaging did not write.
+    overwrite files in ``dest`` that an earlier packaging did not write. ``allow_failed`` packages artifacts that
+    report.json shows failing parity (or does not list), each one noted in the result; without it they are refused.
+    report.json must be readable either way: it is what tells a passing artifact from a failed one.
+
+    Symbolic links: an artifact or labels file that is a link is copied as the real file it points to, but only
+    when that file lies inside the export folder (its sha256 is checked against the manifest like any other); a
+    link inside a directory artifact (.mlpackage) is refused, since coremltools never writes one. In ``dest``, a
+    path that leads outside it through a link (a record entry, a subfolder to write into) is refused before
+    anything is written or removed, and a link packaging replaces is removed itself, never its target.
     """
     export_dir = Path(export_dir)
     target = _target(app)
     if not export_dir.is_dir():
         raise EdgeshipError(f"{export_dir} is not a folder", hint="give an export folder made by: edgeship export MODEL --out FOLDER")
-    manifest = manifest_mod.load(export_dir)           # checks schema_version, then the schema
+    inside(export_dir, "manifest.json", "the export's manifest.json")   # read nothing through a link leading out
+    manifest = manifest_mod.load(export_dir)           # checks schema_version, then the schema, then every path
 
     root = Path(app_root) if app_root is not None else None
     if target.model_dir is not None:                    # android / ios: the model folder inside the app
         if dest is None or root is not None:
             root = _check_app_root(target, root)
-        dest = Path(dest) if dest is not None else root / target.model_dir
+        dest = Path(dest) if dest is not None else inside(root, target.model_dir, f"the model folder of {target.what}")
     else:                                               # pi: a standalone bundle folder
         root = _check_app_root(target, root)
         dest = Path(dest) if dest is not None else export_dir.resolve().parent / f"{export_dir.resolve().name}-pi"
     dest = dest.absolute()
-    if dest == export_dir.absolute() or export_dir.absolute() in dest.parents:
+    real_export, real_dest = export_dir.resolve(), dest.resolve()
+    if real_dest == real_export or real_export in real_dest.parents:
         raise EdgeshipError(f"the destination {dest} is inside the export folder {export_dir}",
                             hint="give --dest outside the export folder")
     chosen = _choose(manifest, target, export_dir, _as_list(formats, "formats"), _as_list(precision, "precision"))
+    notes = _check_parity(export_dir, chosen, allow_failed)
     labels = _labels(manifest, export_dir)
 
     previous = _read_record(dest)
@@ -131,7 +149,7 @@ def package(export_dir: Path, app: str, *, dest: Path | None = None, app_root: P
         _write_archive(dest, [*files, RECORD], archive)
     log.info("packaged %s (%d artifact(s)) into %s", manifest["name"], len(chosen), dest)
     return PackageResult(app=target.name, dest=dest, files=files, artifacts=new_manifest["artifacts"],
-                         manifest=new_manifest, archive=archive, removed=removed)
+                         manifest=new_manifest, archive=archive, removed=removed, notes=notes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,7 +196,9 @@ def _choose(manifest: dict, target: AppTarget, export_dir: Path, formats: list[s
         raise EdgeshipError(f"two artifacts would land on the same name in {target.what}: {names}",
                             hint="narrow them with --formats/--precision")
     for a in chosen:
-        src = _inside(export_dir, a["path"], "artifact")
+        src = inside(export_dir, a["path"], "the manifest's artifact path")
+        if src.is_dir():
+            _refuse_links_within(src, a["path"])
         if not src.exists():
             raise EdgeshipError(f"the manifest lists {a['path']}, which is missing from {export_dir}",
                                 hint="export again: the folder is incomplete")
@@ -192,18 +212,76 @@ def _choose(manifest: dict, target: AppTarget, export_dir: Path, formats: list[s
 def _labels(manifest: dict, export_dir: Path) -> Path | None:
     if not manifest.get("labels"):
         return None
-    path = _inside(export_dir, manifest["labels"], "labels file")
+    path = inside(export_dir, manifest["labels"], "the manifest's labels path")
     if not path.is_file():
         raise EdgeshipError(f"the manifest names labels file {manifest['labels']}, which is missing from {export_dir}",
                             hint="export again: the folder is incomplete")
     return path
 
 
-def _inside(folder: Path, rel: str, what: str) -> Path:
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise EdgeshipError(f"the manifest's {what} path {rel!r} is not a relative path inside the export folder")
-    return folder.joinpath(*p.parts)
+def _refuse_links_within(folder: Path, rel: str) -> None:
+    """A directory artifact (.mlpackage) holding a symbolic link is refused: converters never write one, and copying
+    or hashing through it could pull a file from outside the export folder into the app."""
+    for top, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            if os.path.islink(os.path.join(top, name)):
+                link = Path(top, name).relative_to(folder).as_posix()
+                raise EdgeshipError(f"the artifact {rel} holds a symbolic link ({link}); edgeship copies only real files",
+                                    hint="the folder was edited by hand or tampered with: export it again")
+
+
+_REVERIFY = "re-check the folder with: edgeship verify {folder} (it rewrites report.json), or export again"
+
+
+def _check_parity(export_dir: Path, chosen: list[dict], allow_failed: bool) -> list[str]:
+    """Refuse artifacts that report.json does not show passing parity in their runtime: a file that computes
+    something other than the model (cosine -0.5) runs in an app without any error, so the report is the only
+    guard. Parity "not run" (no runtime on the export host: Core ML on Linux) passes with a note; with
+    ``allow_failed`` every artifact passes, each failure noted. Returns the notes."""
+    entries = _report_artifacts(export_dir)
+    notes, problems = [], []
+    for a in chosen:
+        matches = [e for e in entries if e.get("path") == a["path"]
+                   or (e.get("key") or f"{e.get('format')}:{e.get('precision')}") == f"{a['format']}:{a['precision']}"]
+        problem, note = _verdict(matches)
+        if note:
+            notes.append(f"{a['path']}: {note}; check it with edgeship verify {export_dir} where its runtime runs")
+        if problem:
+            problems.append(f"{a['path']} ({a['format']} {a['precision']}): {problem}")
+    if problems and not allow_failed:
+        raise EdgeshipError(f"{len(problems)} artifact(s) did not pass parity in {export_dir / 'report.json'}, "
+                            f"so nothing was packaged: {'; '.join(problems)}",
+                            hint=_REVERIFY.format(folder=export_dir) + "; or pass --allow-failed to package them anyway")
+    notes += [f"packaged although it did not pass: {p} (--allow-failed)" for p in problems]
+    return notes
+
+
+def _verdict(matches: list[dict]) -> tuple[str | None, str | None]:
+    """(what is wrong, what to note) for one artifact from its report.json entries; every entry must pass."""
+    if not matches:
+        return "not listed in report.json", None
+    note = None
+    for e in matches:
+        parity = e.get("parity") if isinstance(e.get("parity"), dict) else {}
+        status = parity.get("status")
+        if e.get("status") != "ok":
+            return f"export {str(e.get('status'))[:40]}: {str(e.get('error') or 'no reason given')[:300]}", None
+        if status == "not run":
+            note = f"parity not run on the export host ({str(parity.get('reason') or 'no reason given')[:300]})"
+        elif status != "pass":
+            figure = f"{parity.get('metric')} {parity.get('value')} (threshold {parity.get('threshold')})"
+            return f"parity {str(status or 'missing')[:40]}: {str(parity.get('reason') or figure)[:300]}", None
+    return None, note
+
+
+def _report_artifacts(export_dir: Path) -> list[dict]:
+    """The artifact entries of report.json; an unreadable or shapeless report is an error, never 'all passed'."""
+    path = inside(export_dir, "report.json", "the export's report.json")
+    artifacts = report_mod.load(export_dir).get("artifacts")   # unreadable or not an object: an error with a hint
+    if not isinstance(artifacts, list):
+        raise EdgeshipError(f"{path} has no artifacts list, so nothing shows which artifacts passed parity",
+                            hint=_REVERIFY.format(folder=export_dir))
+    return [e for e in artifacts if isinstance(e, dict)]
 
 
 def _dest_path(rel: str, target: AppTarget) -> str:
@@ -243,7 +321,7 @@ def _stage(stage: Path, target: AppTarget, manifest: dict, chosen: list[dict], l
     new_artifacts = []
     for a in chosen:
         rel = _dest_path(a["path"], target)
-        _copy(_inside(export_dir, a["path"], "artifact"), stage / rel)
+        _copy(inside(export_dir, a["path"], "the manifest's artifact path"), stage / rel)  # a link: its real file
         new_artifacts.append({**a, "path": rel})
         entries.append(rel)
     new_manifest = {**manifest, "artifacts": new_artifacts}
@@ -260,7 +338,7 @@ def _stage(stage: Path, target: AppTarget, manifest: dict, chosen: list[dict], l
         entries.append("edgeship_runtime")
         for f in sorted(root.iterdir()):
             if f.is_file() and not f.name.startswith(".") and f.suffix not in (".pyc",) and f.name not in entries:
-                _copy(f, stage / f.name)
+                _copy(inside(root, f.name, f"the file of {target.what}"), stage / f.name)
                 entries.append(f.name)
     return entries, new_manifest
 
@@ -298,7 +376,8 @@ def _write_record(stage: Path, target: AppTarget, manifest: dict, files: dict[st
 
 
 def _read_record(dest: Path) -> dict | None:
-    path = dest / RECORD
+    path = inside(dest, RECORD, "the packaging record",
+                  hint=f"replace the link {dest / RECORD} with the real file, or delete it")
     if not path.is_file():
         return None
     try:
@@ -309,17 +388,11 @@ def _read_record(dest: Path) -> dict | None:
     except (ValueError, KeyError, TypeError) as e:
         raise EdgeshipError(f"{path} is damaged ({e}); cannot tell which files an earlier packaging wrote",
                             hint=f"delete {path} and the model files beside it by hand, then package again") from e
-    for rel in files:
-        _safe_rel(rel, path)
+    for rel in files:   # resolved, links followed: a tampered record or a linked subfolder cannot delete outside
+        inside(dest, rel, f"{path}: the entry",
+               hint=f"{dest} changed since it was packaged: delete {path} and the model files beside it by hand "
+                    "(keep any symbolic link's target), then package again")
     return record
-
-
-def _safe_rel(rel: str, where: Path) -> PurePosixPath:
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise EdgeshipError(f"{where} lists {rel!r}, which is not a path inside its folder",
-                            hint=f"delete {where} and package again")
-    return p
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -328,7 +401,10 @@ def _safe_rel(rel: str, where: Path) -> PurePosixPath:
 def _install(stage: Path, dest: Path, previous: dict | None, entries: list[str], force: bool) -> list[str]:
     """Move the staged entries into dest, first removing what the previous packaging wrote; return what was removed."""
     old = list(previous["files"]) if previous else []
-    collisions = [e for e in entries if e not in old and (dest / e).exists()]
+    for rel in [*entries, RECORD]:      # before anything is written or removed: no link may lead the writes out
+        inside(dest, rel, "the destination path", hint=f"{dest} has a symbolic link leading outside it: replace it with "
+                                                        "a real folder, or give another --dest")
+    collisions = [e for e in entries if e not in old and os.path.lexists(dest / e)]
     if collisions and not force:
         raise EdgeshipError(f"{dest} already has {', '.join(collisions)}, which edgeship package did not write",
                             hint="move them away, or pass --force to overwrite them")
@@ -351,7 +427,9 @@ def _install(stage: Path, dest: Path, previous: dict | None, entries: list[str],
         _prune_empty_parents(p.parent, dest)
     for rel in [*entries, RECORD]:
         src, dst = stage / rel, dest / rel
-        if dst.is_dir() and not dst.is_symlink():
+        if dst.is_symlink():
+            dst.unlink()                # the link itself, never what it points to
+        elif dst.is_dir():
             shutil.rmtree(dst)          # only reachable with force (a collision) or for our own record
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
