@@ -234,3 +234,123 @@ def test_preprocess_images_invert_and_range():
     out = preprocess_images(img[None], {"color_order": "GRAY", "value_range": [0, 1], "mean": [0.5], "std": [0.5],
                                         "invert": True})
     np.testing.assert_allclose(out.reshape(-1), [1.0, -1.0])
+
+
+# -- hostile values and files (issue #11, item 13) -----------------------------------------------------------
+def _bad(value, at):
+    x = np.zeros((6, 1, 8, 8), np.float32)
+    x[at] = value
+    return x
+
+
+@pytest.mark.parametrize("x,fragments", [
+    (_bad(np.nan, (2, 0, 3, 4)), ["array 'x'", "1 non-finite value(s) of 384", "1 NaN", "x[2, 0, 3, 4]"]),
+    (_bad(-np.inf, (5, 0, 7, 7)), ["array 'x'", "1 inf", "x[5, 0, 7, 7]"]),
+    (np.full((6, 1, 8, 8), np.nan, np.float16), ["384 non-finite", "384 NaN", "x[0, 0, 0, 0]"]),
+    (np.where(np.arange(384).reshape(6, 1, 8, 8) == 70, 1j, 0).astype(np.complex64),
+     ["is complex (complex64)", "384 complex", "1 with a nonzero imaginary part", "x[1, 0, 0, 6]"]),
+    (np.zeros((6, 1, 8, 8), bool), ["384 booleans", "x.astype(np.float32)"]),
+    (np.full((6, 1, 8, 8), "0"), ["holds strings (dtype <U1)"]),
+    (np.array([[1.0], "a"], dtype=object), ["holds Python objects"]),
+])
+def test_inputs_must_be_real_finite_numbers(x, fragments):
+    with pytest.raises(EdgeshipError) as e:
+        DataSource.from_arrays(x, name="mine")
+    assert "data 'mine'" in str(e.value)
+    for f in fragments:
+        assert f in str(e.value)
+
+
+@pytest.mark.parametrize("y,fragment", [
+    (np.array([0, 1, np.nan, 2, 3, np.inf]), "array 'y' has 2 non-finite value(s) of 6 (1 NaN, 1 inf); the first at y[2]"),
+    (np.array(["0", "1", "2", "3", "4", "5"]), "array 'y' holds strings"),
+    (np.ones(6, bool), "array 'y' holds 6 booleans"),
+])
+def test_labels_must_be_numbers(y, fragment):
+    with pytest.raises(EdgeshipError) as e:
+        DataSource.from_arrays(np.zeros((6, 2), np.float32), y)
+    assert fragment in str(e.value)
+
+
+def test_factory_values_are_checked_with_the_input_names(tmp_path):
+    spec = ModelSpec(torch.nn.Identity(), (InputSpec("a", (1, 2)), InputSpec("b", (1, 2))))
+    (tmp_path / "f.py").write_text("import numpy as np\n"
+                                   "def two():\n    return [((np.zeros((3, 2)), np.array([[0, 1], [2, np.inf], [3, 3]])), None)]\n")
+    with pytest.raises(EdgeshipError, match=r"array 'x\[1\]' has 1 non-finite .* the first at x\[1\]\[1, 1\]"):
+        load_data(f"{tmp_path}/f.py:two", spec)
+
+
+def test_npz_with_strings_objects_or_no_zip_is_refused(tmp_path, digits_spec):
+    x = np.zeros((5, 1, 8, 8), np.float32)
+    np.savez(tmp_path / "s.npz", x=x.astype(str))
+    with pytest.raises(EdgeshipError, match="array 'x' holds strings"):
+        load_data(str(tmp_path / "s.npz"), digits_spec)
+    np.savez(tmp_path / "o.npz", x=np.array([x, None], dtype=object))   # needs pickle: never loaded
+    with pytest.raises(EdgeshipError, match="Object arrays cannot be loaded when allow_pickle=False"):
+        load_data(str(tmp_path / "o.npz"), digits_spec)
+    (tmp_path / "z.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(EdgeshipError, match="cannot read .*z.npz: BadZipFile"):
+        load_data(str(tmp_path / "z.npz"), digits_spec)
+    np.save(tmp_path / "plain.npy", x)
+    (tmp_path / "plain.npy").rename(tmp_path / "plain.npz")
+    with pytest.raises(EdgeshipError, match="single .npy array, not an .npz"):
+        load_data(str(tmp_path / "plain.npz"), digits_spec)
+
+
+def test_npz_past_the_size_limit_is_refused_before_reading(tmp_path, digits_spec, monkeypatch):
+    import edgeship.data as data_mod
+    np.savez_compressed(tmp_path / "d.npz", x=np.zeros((100, 1, 8, 8), np.float32))
+    monkeypatch.setattr(data_mod, "MAX_NPZ_BYTES", 10_000)
+    with pytest.raises(EdgeshipError, match="unpacks to 25,728 bytes, past the limit of 10,000"):
+        load_data(str(tmp_path / "d.npz"), digits_spec)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (with a valid CRC) but whose pixel data is a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("size,fragment", [
+    ((60000, 60000), "is 3,600,000,000 pixels"),       # Pillow raises DecompressionBombError
+    ((10000, 10000), "is 10,000 x 10,000 pixels"),     # Pillow would only warn, then decode 100 M pixels
+])
+def test_decompression_bomb_images_are_refused_undecoded(tmp_path, size, fragment):
+    Image.new("RGB", (6, 4)).save(tmp_path / "ok.png")
+    (tmp_path / "bomb.png").write_bytes(_png_claiming(*size))
+    with pytest.raises(EdgeshipError) as e:
+        load_data(str(tmp_path), _image_spec())
+    assert "bomb.png" in str(e.value) and fragment in str(e.value) and "decompression bomb" in str(e.value)
+    assert e.value.hint
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"GIF89a but no more", "cannot read image"),
+    (_png_claiming(8, 8)[:-20], "cannot read image"),
+])
+def test_unreadable_images_name_the_file(tmp_path, content, fragment):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (6, 4)).save(tmp_path / "a" / "ok.png")
+    (tmp_path / "a" / "broken.gif").write_bytes(content)
+    with pytest.raises(EdgeshipError) as e:
+        load_data(str(tmp_path), _image_spec(labels=["a"]))
+    assert fragment in str(e.value) and "broken.gif" in str(e.value)
+
+
+def test_huge_labels_do_not_allocate_in_the_split():
+    from edgeship.data import split_indices
+    y = np.array([0, 10**12] * 10)                    # bincount would want 8 TB
+    assert len(split_indices(20, y, "test")) == 4
+
+
+@pytest.mark.parametrize("ref,fragment", [("d" * 300, "cannot be opened: File name too long"),
+                                          ("d" * 5000, "is 5,000 characters long")])
+def test_absurd_data_references_are_short_errors(ref, fragment):
+    with pytest.raises(EdgeshipError) as e:
+        load_data(ref)
+    assert fragment in str(e.value) and len(str(e.value)) < 400

@@ -44,11 +44,24 @@ def test_preset_with_overrides(tmp_path):
     ("quantize: {max_accuracy_drop: -1}\n", "max_accuracy_drop must be >= 0"),
     ("quantize: {max_accuracy_drop: lots}\n", "'quantize.max_accuracy_drop' must be float | None"),
     ("quantize: {precision: fp16, max_accuracy_drop: 1.0}\n", "applies to quantized exports"),
+    # hostile: aliases, nesting and sizes past the budgets, unreadable values, paths as presets
+    ("data: &a [x, *a]\n", "line 1: alias *a refers to a node that contains it (a recursive alias)"),
+    ("data: " + "[" * 3000 + "]" * 3000 + "\n", "line 1: nested more than 64 levels deep"),
+    ("data:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 80)), "line 64: nested more than 64 levels deep"),
+    ("data: " + "d" * 5000 + "\n", "line 1: a value of 5,000 characters (the limit is 4,096)"),
+    ("name: [" + ", ".join(["x"] * 100_001) + "]\n", "expands to more than 100,000 nodes"),
+    ("data: *" + "q" * 3000 + "\n", "found undefined alias 'qqqqq"),
+    ("data: dig\x07its\n", "non-printable character #x0007 at line 1 (character offset 9)"),
+    ("name: 2020-13-45\n", "has a value that cannot be read: month must be in 1..12"),
+    ("preset: /etc/../some/path.yaml\n", "unknown preset '/etc/../some/path.yaml'"),
+    ("preset: ../presets/tiny\n", "unknown preset '../presets/tiny'"),
+    ("preset: [tiny]\n", "unknown preset ['tiny']"),
 ])
 def test_bad_recipes(text, fragment):
     with pytest.raises(EdgeshipError) as e:
         recipe.parse(text)
     assert fragment in str(e.value)
+    assert len(str(e.value)) < 600, len(str(e.value))   # a message quotes at most a short prefix of any value
 
 
 def test_layer_precedence_name_over_type_over_global():
@@ -96,3 +109,71 @@ def test_compress_cli_rejects_bad_recipe_before_work(tmp_path):
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "steps must be >= 1" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+# -- hostile recipes (issue #11, items 6, 10, 11) ------------------------------------------------------------
+def _alias_bomb(levels: int = 9) -> str:
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nname: *a{levels}\n"
+
+
+def test_alias_bomb_is_refused_while_composing():
+    import time
+    import tracemalloc
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(EdgeshipError) as e:
+        recipe.parse(_alias_bomb())
+    took, (_, peak) = time.perf_counter() - t0, tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert "expands to more than 100,000 nodes" in str(e.value) and "alias bomb" in e.value.hint
+    assert took < 5 and peak < 20e6, (took, peak)      # 10**10 nodes were never built
+
+
+def test_aliases_within_the_budget_still_work():
+    r = recipe.parse("data: &d digits\neval: *d\nprune: &p {sparsity: 0.3}\nquantize: {layers: &l {Linear: null}}\n")
+    assert r.data == r.eval == "digits" and r.prune.sparsity == 0.3 and r.quantize.layers == {"Linear": None}
+    r = recipe.parse("train: &t {epochs: 2, lr: 1e-3}\ndistill: {<<: *t, width: 0.25}\n")   # a merge key
+    assert r.distill.epochs == 2 and r.distill.lr == 1e-3 and r.distill.width == 0.25
+
+
+def test_preset_takes_a_name_not_a_path(tmp_path):
+    (tmp_path / "evil.yaml").write_text("data: digits\n")
+    with pytest.raises(EdgeshipError) as e:
+        recipe.parse(f"preset: {tmp_path}/evil\n")
+    assert "takes a name, not a path" in e.value.hint and "mobile-int8" in e.value.hint
+    with pytest.raises(EdgeshipError, match="unknown preset"):
+        recipe.load(f"{tmp_path}/../{tmp_path.name}/evil")       # no suffix, not a file: read as a preset name
+    assert recipe.parse("preset: tiny\n").distill is not None
+
+
+def test_errors_quote_a_short_prefix_of_any_value():
+    big = "[" + ", ".join(["'" + "v" * 500 + "'"] * 9) + "]"       # repr of the expanded value: 40 MB
+    text = "name: [&a " + big + ", " + ", ".join(["*a"] * 9000) + "]\n"
+    with pytest.raises(EdgeshipError) as e:
+        recipe.parse(text)
+    msg = str(e.value)
+    assert "'name' must be str | None, got [[" in msg and len(msg) < 300
+    with pytest.raises(EdgeshipError) as e:
+        recipe.parse("prune: {method: " + "m" * 4000 + "}\n")
+    assert "prune.method must be structured or unstructured, got 'mmm" in str(e.value) and len(str(e.value)) < 300
+
+
+def test_recipe_files_past_the_size_limit_or_not_utf8(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"data: digits\n#" + b"x" * recipe.MAX_RECIPE_BYTES)
+    with pytest.raises(EdgeshipError, match=r"big.yaml is 1,048,590 bytes; the limit is 1,048,576 bytes \(1 MiB\)"):
+        recipe.load(str(big))
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"data: digits\nname: caf\xe9\n")
+    with pytest.raises(EdgeshipError) as e:
+        recipe.load(str(bad))
+    assert f"recipe {bad} is not valid UTF-8: byte 0xe9 at byte offset 22 (line 2)" in str(e.value)
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes("\ufeffdata: digits\nname: café\n".encode())
+    assert recipe.load(str(bom)).name == "café"
+    with pytest.raises(EdgeshipError, match="is not a regular file"):
+        recipe.load(str(tmp_path))
+    with pytest.raises(EdgeshipError, match="cannot be opened: File name too long"):
+        recipe.load("r" * 300 + ".yaml")

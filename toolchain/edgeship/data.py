@@ -15,7 +15,11 @@
   a :class:`DataSource`.
 
 Everything is loaded into memory once (data sets here are calibration and fine-tuning sized) and checked
-against the model before any long work starts: per-example shape, label range, emptiness.
+against the model before any long work starts: per-example shape, label range, emptiness, and values (inputs
+must be real numbers, finite; NaN, inf, complex, bool, string and object arrays are refused up front, naming the
+array, how many values are bad and where the first is). Image files are refused past Pillow's
+``Image.MAX_IMAGE_PIXELS`` (a decompression bomb) before they are decoded; .npz files are read without pickle
+and refused past ``MAX_NPZ_BYTES`` uncompressed.
 
 Image preprocessing (the order every app must follow, the same as manifest.json's ``preprocess``):
 decode -> color_order (RGB | BGR | GRAY) -> resize to the input H x W (Pillow bilinear) -> invert if asked
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -39,7 +44,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import EdgeshipError
+from .errors import QUOTE_CHARS, EdgeshipError, clip, quote
 from .model import DTYPES, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,48 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 # What the digits are preprocessed with when no model is given: example:digits_cnn's preprocess.
 DIGITS_PREPROCESS = {"color_order": "GRAY", "value_range": [0, 1], "mean": [0.5], "std": [0.5], "invert": True}
 DIGITS_LABELS = [str(i) for i in range(10)]
+MAX_NPZ_BYTES = 4 << 30      # uncompressed: an .npz that unpacks past this is refused before it is read
+MAX_REF_CHARS = 4096         # PATH_MAX: a DATA reference longer than this is no file, folder or factory
+
+
+_KINDS = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes", "O": "Python objects",
+          "V": "raw records", "M": "dates", "m": "time deltas"}
+
+
+def _index(flat: int, shape: tuple[int, ...]) -> str:
+    return ", ".join(str(int(i)) for i in np.unravel_index(flat, shape))
+
+
+def check_values(a: np.ndarray, array: str, data: str, labels: bool = False) -> None:
+    """Refuse an array that is not real, finite numbers: name it, count the bad values, point at the first."""
+    what = f"data {quote(data)}: array {array!r}"
+    kind = a.dtype.kind
+    if kind in "iu":
+        return
+    if kind == "f":
+        bad = ~np.isfinite(a)
+        n = int(np.count_nonzero(bad))
+        if n:
+            nan = int(np.count_nonzero(np.isnan(a)))
+            raise EdgeshipError(f"{what} has {n:,} non-finite value(s) of {a.size:,} ({nan:,} NaN, {n - nan:,} inf); "
+                                f"the first at {array}[{_index(int(np.argmax(bad)), a.shape)}]",
+                                hint="drop or fix those examples (np.isfinite finds them): edgeship calibrates, trains "
+                                     "and measures on finite numbers only")
+        return
+    if kind == "c":
+        imag = a.imag != 0
+        n = int(np.count_nonzero(imag))
+        where = f"; the first nonzero imaginary part at {array}[{_index(int(np.argmax(imag)), a.shape)}]" if n else ""
+        raise EdgeshipError(f"{what} is complex ({a.dtype}): {a.size:,} complex value(s), {n:,} with a nonzero "
+                            f"imaginary part{where}", hint="models here take real numbers; save x.real (or "
+                            "np.abs(x)) if that is what the model expects")
+    if kind == "b":
+        raise EdgeshipError(f"{what} holds {a.size:,} booleans (dtype bool); the first at {array}[{_index(0, a.shape)}]"
+                            if a.size else f"{what} holds booleans (dtype bool)",
+                            hint=f"convert it to numbers first: {array}.astype(np.{'int64' if labels else 'float32'})")
+    raise EdgeshipError(f"{what} holds {_KINDS.get(kind, 'values of kind ' + repr(kind))} (dtype {a.dtype}), not numbers",
+                        hint=("labels are integer class indices 0..num_classes-1" if labels else
+                              "inputs are int or float arrays; decode or encode strings/objects to numbers before saving"))
 
 
 @dataclass
@@ -73,14 +120,19 @@ class DataSource:
 
     def __post_init__(self):
         self.xs = tuple(np.ascontiguousarray(a) for a in self.xs)
+        names = (self.input_names if self.input_names and len(self.input_names) == len(self.xs)
+                 else ("x",) if len(self.xs) == 1 else tuple(f"x[{i}]" for i in range(len(self.xs))))
+        for a, array in zip(self.xs, names):
+            check_values(a, array, self.name)
         if not self.xs or len(self.xs[0]) == 0:
-            raise EdgeshipError(f"data {self.name!r} has no examples")
+            raise EdgeshipError(f"data {quote(self.name)} has no examples")
         n = len(self.xs[0])
         if any(len(a) != n for a in self.xs):
             raise EdgeshipError(f"data {self.name!r}: the inputs have different numbers of examples "
                                 f"({', '.join(str(len(a)) for a in self.xs)})")
         if self.y is not None:
             self.y = np.asarray(self.y).reshape(-1)
+            check_values(self.y, "y", self.name, labels=True)
             if len(self.y) != n:
                 raise EdgeshipError(f"data {self.name!r} has {n} examples but {len(self.y)} labels")
             if not np.issubdtype(self.y.dtype, np.integer):
@@ -184,8 +236,8 @@ def split_indices(n: int, y: np.ndarray | None, split: str) -> np.ndarray:
     from sklearn.model_selection import train_test_split
     stratify = None
     if y is not None:
-        counts = np.bincount(y)
-        stratify = y if counts[counts > 0].min() >= 5 else None
+        counts = np.unique(y, return_counts=True)[1]     # not bincount: a label of 10**12 would allocate terabytes
+        stratify = y if counts.min() >= 5 else None
     idx = np.arange(n)
     test_frac = SPLIT_FRACTIONS[2]
     val_frac = SPLIT_FRACTIONS[1] / (SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1])
@@ -255,15 +307,42 @@ def _to_color(img, color_order: str):
 
 def load_image(path: Path, size_hw: tuple[int, int], color_order: str) -> np.ndarray:
     """Decode, convert to the color order, resize (Pillow bilinear) -> H x W x C float array in 0..255."""
+    import warnings
+
     from PIL import Image
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():     # Pillow warns past MAX_IMAGE_PIXELS; we refuse instead (_check_pixels)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)            # reads the header only; Pillow refuses > 2x MAX_IMAGE_PIXELS here
+        with im:
+            _check_pixels(path, im.size)     # and we refuse > 1x, before decoding
             im.load()
             im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
             im = im.resize((size_hw[1], size_hw[0]), Image.BILINEAR) if im.size != (size_hw[1], size_hw[0]) else im
             return _to_color(im, color_order).astype(np.float32)
-    except (OSError, ValueError) as e:
-        raise EdgeshipError(f"cannot read image {path}: {e}", hint="remove the file or convert it to PNG/JPEG") from e
+    except Image.DecompressionBombError as e:   # "Image size (N pixels) exceeds limit of M pixels, ..."
+        import re
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        _check_pixels(path, None, int(found.group(1)) if found else None)
+        raise   # not reached: _check_pixels raises
+    except EdgeshipError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken file can make any Pillow plugin raise anything
+        raise EdgeshipError(f"cannot read image {path}: {type(e).__name__}: {clip(str(e))}",
+                            hint="remove the file or convert it to PNG/JPEG") from e
+
+
+def _check_pixels(path: Path, size: tuple[int, int] | None, pixels: int | None = None) -> None:
+    """Refuse an image whose header claims more than Pillow's MAX_IMAGE_PIXELS (a decompression bomb)."""
+    from PIL import Image
+    limit = Image.MAX_IMAGE_PIXELS
+    if size is not None and (limit is None or size[0] * size[1] <= limit):
+        return
+    dims = (f"{size[0]:,} x {size[1]:,} pixels" if size else f"{pixels:,} pixels" if pixels
+            else f"more than {2 * (limit or 0):,} pixels")
+    raise EdgeshipError(f"image {path} is {dims}, past the limit of {limit or 0:,} (a decompression bomb?); "
+                        "it was not decoded",
+                        hint="resize it to about the model's input size before using it as data, or remove it from the folder")
 
 
 def _channel_count(color_order: str) -> int:
@@ -366,21 +445,35 @@ def _class_index(classes: list[str], spec: ModelSpec) -> dict[str, int]:
 
 # -- npz and factories -------------------------------------------------------------------------------------
 def _npz(path: Path, spec: ModelSpec | None, split: str, batch_size: int) -> DataSource:
+    hint = "save it with numpy.savez(path, x=inputs, y=labels): numeric arrays, no objects"
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)      # no pickle: an .npz must not run code (numpy's default; keep it)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise EdgeshipError(f"{path} is a single .npy array, not an .npz archive of named arrays", hint=hint)
+        with z:
+            unpacked = sum(i.file_size for i in z.zip.infolist())
+            if unpacked > MAX_NPZ_BYTES:
+                raise EdgeshipError(f"{path} unpacks to {unpacked:,} bytes, past the limit of {MAX_NPZ_BYTES:,}",
+                                    hint="use a smaller sample, or a file.py:factory that yields batches")
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise EdgeshipError(f"cannot read {path}: {e}", hint="save it with numpy.savez(path, x=..., y=...)") from e
+    except EdgeshipError:
+        raise
+    except MemoryError as e:
+        raise EdgeshipError(f"{path} holds an array too large for memory", hint=hint) from e
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as e:
+        # object arrays need pickle ("Object arrays cannot be loaded when allow_pickle=False"); broken zips; bad headers
+        raise EdgeshipError(f"cannot read {path}: {type(e).__name__}: {clip(str(e), 2 * QUOTE_CHARS)}",
+                            hint=hint) from e
     y = arrays.get("y")
     if "x" in arrays:
-        xs = (arrays["x"],)
+        names = ("x",)
     elif spec is not None and all(i.name in arrays for i in spec.inputs):
-        xs = tuple(arrays[i.name] for i in spec.inputs)
+        names = tuple(i.name for i in spec.inputs)
     else:
         want = "'x'" if spec is None else f"'x' or one per input ({', '.join(i.name for i in spec.inputs)})"
-        raise EdgeshipError(f"{path} has arrays {sorted(arrays)} but no {want}",
+        raise EdgeshipError(f"{path} has arrays {quote(sorted(arrays))} but no {want}",
                             hint="save it with numpy.savez(path, x=inputs, y=labels)")
-    src = DataSource(xs, y, batch_size, name=str(path))
+    src = DataSource(tuple(arrays[k] for k in names), y, batch_size, input_names=names, name=str(path))
     return src.take_split(split)
 
 
@@ -480,13 +573,19 @@ def load_data(ref: str, spec: ModelSpec | None = None, split: str = "all", batch
         raise EdgeshipError(f"batch size must be at least 1, got {batch_size}")
     text = str(ref)
     path = Path(text)
+    if len(text) > MAX_REF_CHARS:
+        raise EdgeshipError(f"DATA {quote(text)} is {len(text):,} characters long: no file, folder or factory has such a name")
+    try:
+        is_dir = path.is_dir()
+    except OSError as e:                   # a name too long for the file system, ...
+        raise EdgeshipError(f"data {quote(text)} cannot be opened: {e.strerror}") from None
     if text == "digits":
         src = _digits(spec, split, batch_size)
-    elif path.is_dir():
+    elif is_dir:
         src = _folder(path, spec, split, batch_size)
     elif path.suffix == ".npz":
         if not path.is_file():
-            raise EdgeshipError(f"data file {text!r} does not exist")
+            raise EdgeshipError(f"data file {quote(text)} does not exist")
         src = _npz(path, spec, split, batch_size)
     elif ":" in text and (text.rsplit(":", 1)[0].endswith(".py") or "/" not in text.rsplit(":", 1)[0]):
         src = _factory(text, spec, split, batch_size)
@@ -494,8 +593,8 @@ def load_data(ref: str, spec: ModelSpec | None = None, split: str = "all", batch
         hint = ("DATA is 'digits', a folder of images (one subfolder per class), a .npz with x (and y), "
                 "or file.py:factory")
         if not path.exists() and (path.suffix or "/" in text):
-            raise EdgeshipError(f"data {text!r} does not exist", hint=hint)
-        raise EdgeshipError(f"unknown DATA {text!r}", hint=hint)
+            raise EdgeshipError(f"data {quote(text)} does not exist", hint=hint)
+        raise EdgeshipError(f"unknown DATA {quote(text)}", hint=hint)
     if spec is not None:
         src = check_against(src, spec)
     log.info("%r", src)
