@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +127,28 @@ def test_example_inputs_are_seeded():
     a, b = spec.example_inputs(3)[0], spec.example_inputs(3)[0]
     assert torch.equal(a, b) and a.dtype == torch.int64 and int(a.max()) < 1000
     assert not torch.equal(a, spec.example_inputs(4)[0])
+
+
+HOSTILE = Path(__file__).parent / "reliability" / "data" / "hostile_models.py"
+
+
+def test_every_random_source_is_seeded_before_the_factory():
+    """A factory drawing weights from torch's global generator builds the same model for the same seed."""
+    a, b, c = load(f"{HOSTILE}:unseeded"), load(f"{HOSTILE}:unseeded"), load(f"{HOSTILE}:unseeded", seed=1)
+    wa, wb, wc = (list(s.module.state_dict().values()) for s in (a, b, c))
+    assert all(torch.equal(x, y) for x, y in zip(wa, wb))
+    assert not all(torch.equal(x, y) for x, y in zip(wa, wc))
+
+
+def test_a_plain_module_with_labelled_eval_data_gets_accuracy_in_every_runtime(tmp_path):
+    """task 'generic' (what a user's factory gives): its first output is one row of scores the labels index, so
+    every artifact still reports top-1 in its own runtime."""
+    from dataclasses import replace
+
+    from edgeship.compress.run import eval_split
+    from edgeship.examples import digits_cnn
+    from edgeship.pipeline import ExportOptions, run_export
+    spec = replace(digits_cnn(), task="generic")
+    report = run_export(spec, tmp_path / "out", ExportOptions(["onnx"], eval_data=eval_split("digits", spec)))
+    acc = report["artifacts"][0]["accuracy"]
+    assert acc["status"] == "ok" and acc["examples"] == 360 and acc["agreement_with_torch"] == 1.0

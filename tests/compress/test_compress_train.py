@@ -70,6 +70,10 @@ def test_errors_unlabelled_and_diverging(small):
     with pytest.raises(EdgeshipError, match="labelled"):
         evaluate(_fresh(), DataSource.from_arrays(x))
     bad = x.copy()
-    bad[5, 0, 3, 3] = np.nan       # one corrupt pixel: the loss is NaN on its batch
+    bad[5, 0, 3, 3] = np.nan       # one corrupt pixel: refused before any training
+    with pytest.raises(EdgeshipError, match=r"1 non-finite value.*x\[5, 0, 3, 3\]"):
+        train_classifier(_fresh(), DataSource.from_arrays(bad, small.y), None, TrainConfig(epochs=1))
+    bad = x.copy()
+    bad[5] = 3e38                  # finite, but the first layer's sums overflow: the loss is NaN on its batch
     with pytest.raises(EdgeshipError, match="loss became nan"):
         train_classifier(_fresh(), DataSource.from_arrays(bad, small.y), None, TrainConfig(epochs=1))

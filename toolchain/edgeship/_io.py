@@ -121,3 +121,60 @@ def captured_output():
             out = text()
             if out.strip():
                 log.debug("converter output:\n%s", out[-20000:])
+
+
+class ChildDied(Exception):
+    """A forked child ended without a result: ``code`` is its exit code (negative: the signal that ended it)."""
+
+    def __init__(self, code: int):
+        super().__init__(f"exit code {code}" if code >= 0 else f"killed by signal {-code}")
+        self.code = code
+
+
+def run_forked(fn):
+    """``fn()`` in a forked child; its return value, or the exception it raised, comes back through a pipe.
+
+    For converters that can end the process on their own (litert's converter calls exit(1) when the disk fills, with
+    stderr already redirected): the parent survives to clean up and say why. A child that dies without a result
+    raises ChildDied. Where there is no fork (Windows) ``fn`` runs here. The child never returns into the caller's
+    frames: it leaves with os._exit, so locks and staging folders stay the parent's to release."""
+    import pickle
+    if not hasattr(os, "fork"):
+        return fn()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child
+        try:
+            os.close(r)
+            try:
+                payload = ("ok", fn())
+            except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+                payload = ("err", e)
+            try:
+                data = pickle.dumps(payload)
+            except Exception:  # noqa: BLE001 - an unpicklable result or exception
+                data = pickle.dumps(("err", RuntimeError(f"{type(payload[1]).__name__}: {payload[1]}")))
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+    except BaseException:   # interrupted while the child works: it goes too
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        raise
+    if not data:
+        raise ChildDied(os.waitstatus_to_exitcode(status))
+    kind, value = pickle.loads(data)
+    if kind == "err":
+        raise value
+    return value

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import recipe as recipe_mod
-from .errors import EdgeshipError
+from .errors import EdgeshipError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress a PyTorch model, export it to ONNX, TFLite, ExecuTorch and Core ML, verify, bench, package.")
@@ -114,19 +114,26 @@ def export(
     """Export MODEL to every format, verify each artifact in its runtime, write manifest.json and report.json."""
     from . import export as export_mod
     from .model import load, parse_input
-    from .pipeline import ExportOptions, check_precisions, prepare_out
+    from .pipeline import ExportOptions, check_precisions
 
     fmts = export_mod.parse_formats(formats)
     precisions = check_precisions(precision)
     if max_accuracy_drop is not None:   # before any long work (the model loads)
         from .compress.sensitivity import check_budget
         check_budget(max_accuracy_drop, precisions, eval_data)
-    prepare_out(out, force)            # refuse early, before any long work
-    spec = load(model, [parse_input(t) for t in input], name=name)
-    opts = ExportOptions(fmts, precisions, samples, verify_data, check_determinism, force,
-                         quant=_keep_float(spec, keep_float), max_accuracy_drop=max_accuracy_drop)
-    _attach_data(opts, spec, calib, calib_samples, eval_data)
-    _run_and_print(spec, out, opts, as_json)
+    with _claim(out, force):            # refuse early, before any long work; held until the folder is in place
+        spec = load(model, [parse_input(t) for t in input], name=name)
+        opts = ExportOptions(fmts, precisions, samples, verify_data, check_determinism, force,
+                             quant=_keep_float(spec, keep_float), max_accuracy_drop=max_accuracy_drop)
+        _attach_data(opts, spec, calib, calib_samples, eval_data)
+        _run_and_print(spec, out, opts, as_json)
+
+
+def _claim(out: Path, force: bool):
+    """Claim --out for the whole command (outdir.claim: checked, locked, debris swept); an interrupt names it."""
+    from .outdir import claim
+    STATE["out"] = out
+    return claim(out, force)
 
 
 def _keep_float(spec, text: str | None):
@@ -222,14 +229,16 @@ def compress(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Distill → prune → quantize → export, with accuracy measured after each stage and in every runtime."""
-    from . import recipe as recipe_mod
+    rec = recipe_mod.load(recipe)
+    with _claim(out, force):
+        _compress(model, rec, out, data, eval_data, input, name, force, as_json)
+
+
+def _compress(model, rec, out: Path, data, eval_data, input, name, force: bool, as_json: bool) -> None:
     from .compress.run import compress_model, quant_options
     from .model import load, parse_input
-    from .pipeline import ExportOptions, prepare_out
-
-    rec = recipe_mod.load(recipe)
-    prepare_out(out, force)
-    spec = load(model, [parse_input(t) for t in input], name=name)
+    from .pipeline import ExportOptions
+    spec = load(model, [parse_input(t) for t in input], name=name, seed=rec.seed)
     progress, on_progress = _training_progress()
     with progress:
         final, record, calib, eval_src = compress_model(spec, rec, data, eval_data, on_progress)
@@ -239,6 +248,8 @@ def compress(
                          **quant_options(final, rec))
     if not as_json:
         console.print(_stages_table(record["stages"]))
+        if record.get("student"):
+            console.print(escape(f"student shipped: {record['student']['shipped']} ({record['student']['why']})"), soft_wrap=True)
         for s in record["stages"]:
             if s.get("shipped"):
                 console.print(_shipped_table(s))
@@ -285,7 +296,6 @@ def sweep(
     from .compress.prune import check_sparsity, sweep as run_sweep
     from .compress.run import data_splits, eval_split
     from .model import load, parse_input
-    from .pipeline import prepare_out
     from .sweep import write_sweep
 
     try:
@@ -294,18 +304,18 @@ def sweep(
         raise EdgeshipError(f"--prune {prune_!r} is not a comma-separated list of numbers", hint="e.g. --prune 0,0.3,0.5,0.7") from None
     if method not in ("structured", "unstructured"):
         raise EdgeshipError(f"--method must be structured or unstructured, got {method!r}")
-    prepare_out(out, force)
-    spec = load(model, [parse_input(t) for t in input])
-    train, val = data_splits(eval_data, spec)
-    test = eval_split(eval_data, spec)
-    progress, on_progress = _training_progress()
-    with progress:
-        if train_epochs:
-            from .compress.train import TrainConfig, train_classifier
-            train_classifier(spec.module, train, val, TrainConfig(epochs=train_epochs), progress=on_progress, stage="train")
-            spec.module.eval()
-        rows = run_sweep(spec, sparsities, train, val, finetune_epochs, method, eval_data=test, progress=on_progress)
-    result = write_sweep(out, spec, [r.as_dict() for r in rows], method, force)
+    with _claim(out, force):
+        spec = load(model, [parse_input(t) for t in input])
+        train, val = data_splits(eval_data, spec)
+        test = eval_split(eval_data, spec)
+        progress, on_progress = _training_progress()
+        with progress:
+            if train_epochs:
+                from .compress.train import TrainConfig, train_classifier
+                train_classifier(spec.module, train, val, TrainConfig(epochs=train_epochs), progress=on_progress, stage="train")
+                spec.module.eval()
+            rows = run_sweep(spec, sparsities, train, val, finetune_epochs, method, eval_data=test, progress=on_progress)
+        result = write_sweep(out, spec, [r.as_dict() for r in rows], method, force)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -358,11 +368,15 @@ def package(
     formats: Optional[str] = typer.Option(None, "--formats", "-f", help="only these formats"),
     precision: Optional[str] = typer.Option(None, "--precision", "-p", help="only these precisions"),
     force: bool = typer.Option(False, "--force", help="replace files that packaging did not put there"),
+    allow_failed: bool = typer.Option(False, "--allow-failed",
+                                      help="also package artifacts that failed parity or that report.json does not list"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Copy an export's artifacts, manifest and labels into android-demo, ios-demo, or a Raspberry Pi bundle."""
+    """Copy an export's artifacts, manifest and labels into android-demo, ios-demo, or a Raspberry Pi bundle.
+    Only artifacts whose parity passed in report.json, unless --allow-failed."""
     from .package import package as do_package
-    res = do_package(folder, app_name, dest=dest, app_root=app_root, formats=formats, precision=precision, force=force)
+    res = do_package(folder, app_name, dest=dest, app_root=app_root, formats=formats, precision=precision, force=force,
+                     allow_failed=allow_failed)
     if as_json:
         print(json.dumps(res.to_dict(), indent=2, default=str))
         return
@@ -376,6 +390,8 @@ def package(
         console.print(f"archive: {res.archive}")
     if res.removed:
         console.print(f"removed from the previous packaging: {', '.join(map(str, res.removed))}")
+    for note in res.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 # Where `profile` and `bench` run: one definition of the device options they share.
@@ -488,6 +504,13 @@ def bench(
         reasons = {(e.get("energy") or {}).get("reason") for e in entries if e["status"] == "ok"} - {None}
         for r in sorted(reasons):
             console.print(f"* energy not available: {escape(r)}")
+    if entries and all(e["status"] == "skipped" for e in entries):   # a run that measured nothing is not a success
+        err_console.print(f"[red]error:[/] nothing was benchmarked on {escape(dev.id)}: every artifact was skipped")
+        for e in entries:
+            err_console.print(f"  {escape(e['artifact'])}: {escape(e.get('reason') or 'skipped')}")
+        err_console.print("  [yellow]hint:[/] run `edgeship devices` to see what the device can run; install the "
+                          "runtime there, or choose another --via / --formats")
+        raise typer.Exit(1)
     raise typer.Exit(0 if all(e["status"] in ("ok", "skipped") for e in entries) else 1)
 
 
@@ -558,10 +581,38 @@ def devices(ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help
     console.print(t)
 
 
+def _on_signal(signum, frame):
+    Interrupted.pending = signum
+    raise Interrupted(signum)
+
+
+def _interrupted(signum: int) -> None:
+    import signal
+    out = STATE.get("out")
+    what = "interrupted" if signum == signal.SIGINT else "terminated"
+    err_console.print(what + (f"; nothing was written to {escape(str(out))}" if out is not None else ""))
+    sys.exit(128 + signum)
+
+
 def main() -> None:
+    import errno
+    import signal
+    signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:   # a background job started with Ctrl-C ignored
+        signal.signal(signal.SIGINT, _on_signal)
     try:
         code = app(standalone_mode=False)   # click returns typer.Exit's code instead of raising it here
         sys.exit(code if isinstance(code, int) else 0)
+    except Interrupted as e:
+        _interrupted(e.signum)
+    except OSError as e:
+        if e.errno != errno.ENOSPC or STATE["debug"]:
+            raise
+        out = STATE.get("out")
+        err_console.print("[red]error:[/] no space left on the device" + (f" ({escape(str(e.filename))})" if e.filename else "")
+                          + (f"; nothing was written to {escape(str(out))}" if out is not None else ""))
+        err_console.print("  [yellow]hint:[/] free some disk space (or choose an --out on another disk) and run again")
+        sys.exit(2)
     except EdgeshipError as e:
         if STATE["debug"]:
             import traceback
@@ -573,8 +624,7 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
+        _interrupted(signal.SIGINT)
     except Exception as e:  # click usage errors
         import click
         if isinstance(e, click.exceptions.ClickException):

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .errors import EdgeshipError
+from .errors import EdgeshipError, clip
 
 DTYPES = {
     "float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
@@ -96,11 +96,16 @@ class ModelSpec:
     def check_runs(self) -> list[torch.Tensor]:
         """Run once on example inputs; a shape the model rejects becomes an error naming the inputs."""
         try:
-            return self.reference(self.example_inputs())
+            outs = self.reference(self.example_inputs())
+        except EdgeshipError:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure here is the user's shapes or model
             given = ", ".join(f"{i.name}:{'x'.join(map(str, i.shape))}:{i.dtype}" for i in self.inputs)
-            raise EdgeshipError(f"the model failed on inputs {given}: {type(e).__name__}: {e}",
+            raise EdgeshipError(f"the model failed on inputs {given}: {type(e).__name__}: {clip(str(e), 300)}",
                                 hint="check --input: the shape and dtype must be what the model's forward() expects") from e
+        if not outs:
+            raise EdgeshipError("the model's forward() returned no tensors", hint="return a tensor (or a tuple/list/dict of tensors)")
+        return outs
 
     def with_module(self, module: nn.Module) -> "ModelSpec":
         return replace(self, module=module)
@@ -217,8 +222,21 @@ def _resolve(ref: str):
     return obj
 
 
-def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None) -> ModelSpec:
-    """Build a ModelSpec from a MODEL reference and optional ``--input`` specs (which override the factory's)."""
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random: a factory that draws its weights from the global generators (most do) then
+    builds the same model every run, so one recipe gives one result."""
+    import random
+
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None, seed: int = 0) -> ModelSpec:
+    """Build a ModelSpec from a MODEL reference and optional ``--input`` specs (which override the factory's).
+    Every random source is seeded with ``seed`` first (the import of a model file may draw weights too)."""
+    seed_everything(seed)
     obj = resolve(ref)
     if inspect.isclass(obj) and issubclass(obj, nn.Module) or (callable(obj) and not isinstance(obj, nn.Module)):
         try:
@@ -226,6 +244,9 @@ def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None)
         except TypeError as e:
             raise EdgeshipError(f"calling {ref} failed: {e}", hint="the factory must take no required arguments, or "
                                 "get them in MODEL: " + _CALL_HINT) from e
+        except Exception as e:  # noqa: BLE001 - the user's factory raised: its message, not our traceback
+            raise EdgeshipError(f"the factory {ref} raised {type(e).__name__}: {clip(str(e), 300)}",
+                                hint="run the factory in Python to see its traceback (or add --debug)") from e
     default_name = re.sub(r"[^A-Za-z0-9_-]+", "_", split_call(ref)[0].rsplit(":", 1)[-1]) or "model"
     if isinstance(obj, ModelSpec):
         spec = obj
@@ -251,5 +272,50 @@ def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None)
                             hint="the factory must return an nn.Module, (module, example_inputs) or an edgeship ModelSpec")
     if name or spec.name == "model":
         spec = replace(spec, name=name or default_name)
+    check_memory(spec)
     spec.check_runs()
     return spec
+
+
+def activation_bytes(spec: ModelSpec) -> int | None:
+    """Bytes one forward pass needs beyond the weights, from a shape-only pass on fake tensors (nothing is
+    allocated): the inputs plus the two largest layer outputs at any step. None where the fake pass cannot run."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    sizes: list[int] = []
+
+    def hook(_m, _i, out):
+        sizes.extend(t.numel() * t.element_size() for t in flatten_outputs(out) if isinstance(t, torch.Tensor))
+    leaves = [m for m in spec.module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+            spec.module(*(torch.empty(i.shape, dtype=DTYPES[i.dtype]) for i in spec.inputs))   # fake: no memory
+    except Exception:  # noqa: BLE001 - an op fake tensors cannot run: the real run checks the model instead
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    inputs = sum(int(torch.Size(i.shape).numel()) * DTYPES[i.dtype].itemsize for i in spec.inputs)
+    return inputs + sum(sorted(sizes)[-2:])
+
+
+def available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_memory(spec: ModelSpec) -> None:
+    """Refuse shapes whose activations cannot fit before running anything (``--input image:1x3x20000x20000`` grew to
+    9.7 GB in a minute without a word): the estimate against the memory available, with the inputs that cause it."""
+    free = available_memory()
+    need = activation_bytes(spec) if free is not None else None
+    if need is None or need <= 0.8 * free:
+        return
+    given = ", ".join(f"{i.name}:{'x'.join(map(str, i.shape))}:{i.dtype}" for i in spec.inputs)
+    raise EdgeshipError(f"one forward pass on inputs {given} needs about {need / 2**30:,.1f} GiB for activations, "
+                        f"and {free / 2**30:,.1f} GiB of memory is available; nothing was run",
+                        hint="use a smaller --input shape (the model's real input size), or a machine with more memory")

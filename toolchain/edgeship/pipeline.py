@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import logging
 import platform
 import re
@@ -22,11 +23,12 @@ import numpy as np
 from . import manifest as manifest_mod
 from . import report as report_mod
 from . import verify
-from ._io import captured_output, make_dir_like_mkdir, sha256_path, size_path, write_text_atomic
+from ._io import ChildDied, captured_output, run_forked, sha256_path, size_path, write_text_atomic
 from .compress.quantize import QuantOptions
-from .errors import EdgeshipError
+from .errors import EdgeshipError, Interrupted
 from .export import EXPORTERS, Exported, effective_precisions, get_exporter
 from .model import ModelSpec
+from .outdir import claim, staged_folder
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8", "w8", "w6", "w4")
@@ -71,45 +73,6 @@ class ArtifactResult:
     @property
     def passed(self) -> bool:
         return self.status == "ok" and (self.parity or {}).get("status") in ("pass", "not run")
-
-
-def prepare_out(out: Path, force: bool) -> None:
-    """Refuse a non-empty ``out`` unless ``force``, and even then only one edgeship made (never a user's folder)."""
-    if out.exists() and not out.is_dir():
-        raise EdgeshipError(f"--out {out} is a file", hint="give a folder path for --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise EdgeshipError(f"output folder {out} exists and is not empty; nothing was changed",
-                                hint="add --force to replace it, or choose another --out")
-        if not (out / "manifest.json").exists() and not (out / "report.json").exists():
-            raise EdgeshipError(f"{out} is not an edgeship output folder (no manifest.json); --force replaces only those",
-                                hint="choose an empty or new --out folder")
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        out.rename(old / out.name)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
-@contextlib.contextmanager
-def staged_folder(out: Path):
-    """Build an output folder in a staging folder beside ``out``; renamed into place when the block succeeds,
-    removed when it fails, so an interrupted run leaves nothing half-written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-    make_dir_like_mkdir(staging)
-    try:
-        yield staging
-        _swap_in(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 _OP_PATTERNS = [r"(aten[.:]{1,2}[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", r"op(?:erator)? ['\"`]?([A-Za-z0-9_.:]+)['\"`]? (?:is )?not (?:supported|implemented)",
@@ -192,14 +155,52 @@ def export_artifact(spec: ModelSpec, fmt: str, precision: str, out_dir: Path, ca
     quant = quant if precision in QUANTIZED else None   # per-layer options apply to quantized precisions only
     t0 = time.perf_counter()
     with captured_output() as output:
-        try:
-            exported = exporter.export(spec, out_dir / fmt, precision, calib, quant=quant)
-        except EdgeshipError:
-            raise
-        except Exception as e:  # noqa: BLE001 - converter failures become the format's failure reason
-            msg, hint = describe_failure(fmt, e, output())
-            raise EdgeshipError(msg, hint) from e
+        def convert() -> Exported:
+            try:
+                return exporter.export(spec, out_dir / fmt, precision, calib, quant=quant)
+            except EdgeshipError:
+                raise
+            except Exception as e:  # noqa: BLE001 - converter failures become the format's failure reason
+                Interrupted.raise_pending()   # a converter that wrapped Ctrl-C in an error of its own
+                msg, hint = describe_failure(fmt, e, output())
+                raise EdgeshipError(msg, hint) from e
+        if not getattr(exporter, "isolate", False) or getattr(exporter, "converted_in_this_process", False):
+            exported = convert()
+        else:
+            with contextlib.suppress(ImportError):   # imported once here, not again in every child
+                importlib.import_module(exporter.module)
+            def in_child() -> Exported:
+                import torch
+                torch.set_num_threads(1)   # GNU OpenMP's threads do not survive fork: a parallel op would hang
+                return convert()
+            try:
+                exported = run_forked(in_child)
+            except ChildDied as e:
+                raise EdgeshipError(*_died(fmt, e, out_dir, output())) from None
     return exported, time.perf_counter() - t0
+
+
+def _died(fmt: str, e: ChildDied, out_dir: Path, output: str) -> tuple[str, str]:
+    """Why a converter ended its own process: a full disk (it says nothing then), or its last words."""
+    free = shutil.disk_usage(out_dir).free
+    if free < 1 << 20:
+        return (f"the {fmt} converter stopped ({e}): the disk is full ({free:,} bytes free where the output is written)",
+                "free some disk space, or choose an --out on another disk, and run again")
+    last = [ln.strip() for ln in output.splitlines() if ln.strip()][-1:] or ["(it printed nothing)"]
+    return (f"the {fmt} converter ended its process ({e}); its last output: {last[0][:300]}",
+            "--debug shows the converter's whole log")
+
+
+def check_free_space(spec: ModelSpec, where: Path, artifacts: int) -> None:
+    """Refuse up front when ``where`` cannot hold the export: each artifact is at most about the fp32 weights, and
+    converters write temporary copies beside it (so twice that, plus 64 MB of headroom)."""
+    weights = sum(t.numel() * t.element_size() for t in list(spec.module.parameters()) + list(spec.module.buffers()))
+    need = 2 * weights * max(artifacts, 1) + (64 << 20)
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise EdgeshipError(f"not enough disk space for this export: {free / 1e6:,.0f} MB free in {where}, about "
+                            f"{need / 1e6:,.0f} MB needed ({artifacts} artifacts of a model with {weights / 1e6:,.1f} MB "
+                            "of weights); nothing was written", hint="free some disk space, or choose an --out on another disk")
 
 
 def artifact_io(path: Path) -> tuple[list[dict], list[dict]]:
@@ -253,22 +254,26 @@ def check_precisions(text_or_list) -> list[str]:
 def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event | None = None,
                extra: dict | None = None) -> dict:
     """Export ``spec`` to every format × precision in ``opts``, verify each, write the folder; returns report.json's dict."""
-    on_event = on_event or (lambda *a: None)
-    out = Path(out)
-    prepare_out(out, opts.force)
+    with claim(Path(out), opts.force) as out:
+        return _run_export(spec, out, opts, on_event or (lambda *a: None), extra)
+
+
+def _run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event, extra: dict | None) -> dict:
     check_precisions(opts.precisions)
+    check_free_space(spec, out.parent, sum(len(effective_precisions(f, opts.precisions)) for f in opts.formats))
     spec, hooks_note = _without_pruning_hooks(spec)
     check_quant_options(spec, opts)
     feeds, feeds_source = verification_feeds(spec, opts.verify_samples, opts.verify_data, opts.eval_data or opts.calib)
     refs = [[t.numpy() for t in spec.reference(f)] for f in feeds]
+    check_finite_reference(refs, feeds_source)
     np_feeds = [[t.numpy() for t in f] for f in feeds]
-    classifier = spec.task.endswith("classification")
+    classifier = is_classifier(spec, refs, opts.eval_data)
     torch_pred = eval_reference(spec, opts.eval_data) if opts.eval_data is not None and classifier else None
     sensitivity = None
     if opts.max_accuracy_drop is not None:
         sensitivity = _fit_budget(spec, opts, on_event)
         opts = dataclasses.replace(opts, quant=dataclasses.replace(opts.quant, keep_float=sensitivity.keep_float))
-    with staged_folder(out) as staging:
+    with staged_folder(out, opts.force) as staging:
         results: list[ArtifactResult] = []
         for fmt in opts.formats:
             for precision in effective_precisions(fmt, opts.precisions):
@@ -307,6 +312,32 @@ def run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event 
             report["sensitivity"] = sensitivity.to_dict()
         report_mod.write(staging, report)
     return report
+
+
+def check_finite_reference(refs: list[list[np.ndarray]], source: str) -> None:
+    """PyTorch's own outputs must be finite: NaN or inf there is the model's problem, and no artifact can be
+    checked against it (it would be reported as the artifact's fault)."""
+    for k, outs in enumerate(refs):
+        for j, a in enumerate(outs):
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+                bad = int(np.size(a) - np.isfinite(a).sum())
+                raise EdgeshipError(f"the model's own PyTorch output {j} is not finite ({bad} NaN/inf values) on "
+                                    f"verification input {k} ({source}): a problem of the model, not of any export; "
+                                    "nothing was written", hint="run the model in PyTorch on these inputs; give real "
+                                    "inputs with --verify-data, --calib or --eval if random ones are out of its range")
+
+
+def is_classifier(spec: ModelSpec, refs: list[list[np.ndarray]], eval_data) -> bool:
+    """A classification task, or any model whose first output is one row of scores with labelled eval data whose
+    labels index it: a plain module from the user's factory gets top-1 accuracy in every runtime too."""
+    if spec.task.endswith("classification"):
+        return True
+    y = getattr(eval_data, "y", None)
+    if y is None or not len(y) or not refs:
+        return False
+    first = refs[0][0]
+    return (first.ndim == 2 and first.shape[0] == 1 and np.issubdtype(np.asarray(y).dtype, np.integer)
+            and 0 <= int(np.min(y)) and int(np.max(y)) < first.shape[1])
 
 
 def check_quant_options(spec: ModelSpec, opts: ExportOptions) -> None:
@@ -419,10 +450,18 @@ def load_reference(folder: Path, manifest: dict) -> tuple[list[list[np.ndarray]]
     if not path.is_file():
         raise EdgeshipError(f"{folder} has no {REFERENCE_FILE} with reference inputs and outputs",
                             hint="re-export the folder with this edgeship version")
-    with np.load(path) as z:
-        ins = [z[f"input__{i['name']}"] for i in manifest["inputs"]]
-        outs = [z[f"output__{k}"] for k in range(len(manifest["outputs"]))]
-    n = len(ins[0])
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ins = [z[f"input__{i['name']}"] for i in manifest["inputs"]]
+            outs = [z[f"output__{k}"] for k in range(len(manifest["outputs"]))]
+    except Exception as e:  # noqa: BLE001 - not a zip, a missing array, an object array: the file is damaged
+        raise EdgeshipError(f"{path} cannot be read as the folder's reference data ({type(e).__name__}: {str(e)[:200]})",
+                            hint="export the folder again: reference.npz holds the inputs and PyTorch outputs verify needs") from None
+    arrays = ins + outs
+    n = len(ins[0]) if ins and ins[0].ndim else 0
+    if not n or any(a.ndim == 0 or len(a) != n or a.dtype.kind not in "biuf" for a in arrays):
+        raise EdgeshipError(f"{path} does not hold one numeric input and output row per verification sample",
+                            hint="export the folder again")
     return [[a[j] for a in ins] for j in range(n)], [[a[j] for a in outs] for j in range(n)]
 
 
@@ -432,9 +471,19 @@ def verify_folder(folder: Path, on_event: Event | None = None) -> dict:
     on_event = on_event or (lambda *a: None)
     folder = Path(folder)
     manifest = manifest_mod.load(folder)
+    if not manifest["artifacts"]:
+        raise EdgeshipError(f"{folder / 'manifest.json'} lists no artifacts: there is nothing to verify",
+                            hint="export the folder again")
     feeds, refs = load_reference(folder, manifest)
     report = report_mod.load(folder)
-    by_key = {a["key"]: a for a in report["artifacts"]}
+    listed = {f"{a['format']}:{a['precision']}" for a in manifest["artifacts"]}
+    by_key = {}
+    for a in report["artifacts"]:   # a row the manifest does not list cannot have passed: say so, never keep a stale pass
+        if isinstance(a, dict) and isinstance(a.get("key"), str):
+            by_key[a["key"]] = a
+            if a["key"] not in listed and a.get("status") == "ok":
+                a["parity"] = verify.Parity("fail", *verify.tolerance(str(a.get("precision"))),
+                                            reason="not listed in manifest.json (the folder was edited)").to_dict()
     classifier = manifest["task"].endswith("classification")
     for art in manifest["artifacts"]:
         key = f"{art['format']}:{art['precision']}"

@@ -4,14 +4,21 @@
     data: digits                 # training / fine-tuning data (DATA), split 60/20/20 where it is one set
     eval: digits                 # accuracy is measured on its test split, in every runtime
     train:    {epochs: 30}       # train MODEL first (a model built in code is untrained)
-    distill:  {student: file.py:factory | null, width: 0.5, temperature: 4, alpha: 0.5, epochs: 30}
+    distill:  {student: file.py:factory | null, width: 0.5, temperature: 4, alpha: 0.5, epochs: 30,
+               baseline: true, ship: auto}   # ship: auto (the better of distilled / no-teacher baseline) | distilled | baseline
     prune:    {method: structured, sparsity: 0.5, steps: 1, finetune_epochs: 10, layers: {classifier: null}}
     quantize: {precision: int8, calib_samples: 128, layers: {Linear: null}}
+    seed: 0                      # seeds every random source before the model factory runs (default 0)
     #   quantize.qat: {epochs: 3, lr: 1e-4, batch_size: 64, seed: 0}   # quantization-aware fine-tune (int8; needs data)
     export:   {formats: [onnx, tflite, executorch, coreml]}
 
 Per-layer options (``layers``) follow coremltools' precedence: layer name > layer type > global; ``null`` leaves
 a layer alone (not pruned; kept in float).
+
+A recipe is read defensively (it may come from anywhere): at most ``MAX_RECIPE_BYTES``, UTF-8, at most
+``MAX_NODES`` YAML nodes counted with aliases expanded (checked while composing, before any Python object is built,
+so an alias bomb is refused in milliseconds), no recursive aliases, strings of at most ``MAX_STRING`` characters,
+and error messages quote at most a short prefix of any value.
 """
 from __future__ import annotations
 
@@ -22,11 +29,13 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import EdgeshipError
+from .errors import QUOTE_CHARS, EdgeshipError, clip, quote
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-
-
+MAX_RECIPE_BYTES = 1 << 20     # recipes are a few hundred bytes; 1 MiB is generous
+MAX_NODES = 100_000            # YAML nodes with aliases expanded (an alias bomb expands to billions)
+MAX_STRING = 4096              # the longest string value (paths are at most PATH_MAX = 4096)
+MAX_DEPTH = 64                 # collections nested deeper than this (recipes nest three or four levels)
 @dataclass
 class TrainSection:
     epochs: int = 30
@@ -38,6 +47,9 @@ class TrainSection:
     def __post_init__(self):
         from .compress.train import TrainConfig
         TrainConfig(self.epochs, self.lr, self.batch_size, self.seed, self.patience)
+
+
+SHIP_CHOICES = ("auto", "distilled", "baseline")
 
 
 @dataclass
@@ -53,8 +65,15 @@ class DistillSection:
     patience: int | None = 8
     feature_layers: list[str] | None = None
     baseline: bool = True               # also train the same student without the teacher, for comparison
+    ship: str = "auto"                  # auto: the better of the two on the validation split | distilled | baseline
 
     def __post_init__(self):
+        if self.ship not in SHIP_CHOICES:
+            raise EdgeshipError(f"distill.ship must be one of {', '.join(SHIP_CHOICES)}, got {str(self.ship)[:60]!r}",
+                                hint="auto ships the better student on the validation split; distilled or baseline forces one")
+        if self.ship == "baseline" and not self.baseline:
+            raise EdgeshipError("distill.ship is baseline, but distill.baseline is false (no baseline is trained)",
+                                hint="set distill.baseline: true, or ship: distilled")
         if self.student is None and not (self.width and 0 < self.width <= 1):
             raise EdgeshipError(f"distill.width must be in (0, 1] when no student is given, got {self.width}")
         from .compress.distill import DistillConfig
@@ -73,13 +92,13 @@ class PruneSection:
     def __post_init__(self):
         from .compress.prune import check_sparsity
         if self.method not in ("structured", "unstructured"):
-            raise EdgeshipError(f"prune.method must be structured or unstructured, got {self.method!r}")
+            raise EdgeshipError(f"prune.method must be structured or unstructured, got {quote(self.method)}")
         check_sparsity(self.sparsity)
         if self.steps < 1 or self.finetune_epochs < 0:
             raise EdgeshipError(f"prune.steps must be >= 1 and finetune_epochs >= 0 (got {self.steps}, {self.finetune_epochs})")
         odd = {k: v for k, v in self.layers.items() if v is not None}
         if odd:
-            raise EdgeshipError(f"prune.layers: only null (leave the layer unpruned) is supported, got {odd}",
+            raise EdgeshipError(f"prune.layers: only null (leave the layer unpruned) is supported, got {quote(odd)}",
                                 hint="set the global sparsity, and null for layers to keep whole")
 
 
@@ -111,12 +130,12 @@ class QuantizeSection:
     def __post_init__(self):
         from .pipeline import PRECISIONS
         if self.precision not in PRECISIONS:
-            raise EdgeshipError(f"quantize.precision {self.precision!r} is unknown", hint=f"use one of {', '.join(PRECISIONS)}")
+            raise EdgeshipError(f"quantize.precision {quote(self.precision)} is unknown", hint=f"use one of {', '.join(PRECISIONS)}")
         if self.calib_samples < 1:
             raise EdgeshipError(f"quantize.calib_samples must be >= 1, got {self.calib_samples}")
         odd = {k: v for k, v in self.layers.items() if v is not None and v != self.precision}
         if odd:
-            raise EdgeshipError(f"quantize.layers: only null (keep the layer in float) or {self.precision!r} is supported, got {odd}",
+            raise EdgeshipError(f"quantize.layers: only null (keep the layer in float) or {self.precision!r} is supported, got {quote(odd)}",
                                 hint="per-layer values: null keeps a layer (name or type) in float; the precision undoes a type's null for one layer")
         if self.max_accuracy_drop is not None:   # its eval data comes with the command: compress checks it
             from .compress.sensitivity import check_budget
@@ -150,6 +169,7 @@ class Recipe:
     quantize: QuantizeSection | None = None
     export: ExportSection = field(default_factory=ExportSection)
     name: str | None = None
+    seed: int = 0                        # seeds torch, numpy and random before the model factory runs: one recipe, one result
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -208,7 +228,7 @@ def _build(cls, data: dict, node, where: str, path: str):
         full = f"{path}.{key}" if path else key
         if key not in hints:
             known = ", ".join(f.name for f in dataclasses.fields(cls))
-            raise EdgeshipError(f"{where} {_line(knode)}: unknown key '{full}'", hint=f"known keys{' in ' + path if path else ''}: {known}")
+            raise EdgeshipError(f"{where} {_line(knode)}: unknown key '{clip(str(full), QUOTE_CHARS)}'", hint=f"known keys{' in ' + path if path else ''}: {known}")
         tp = hints[key]
         section = next((a for a in (get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)), None)
         if section is not None:
@@ -216,12 +236,13 @@ def _build(cls, data: dict, node, where: str, path: str):
             continue
         value = _yaml_float(value, tp)
         if not _type_ok(value, tp):
-            raise EdgeshipError(f"{where} {_line(vnode)}: '{full}' must be {_type_name(tp)}, got {value!r}")
+            raise EdgeshipError(f"{where} {_line(vnode)}: '{full}' must be {_type_name(tp)}, got {quote(value)}")
         kwargs[key] = value
     try:
         return cls(**kwargs)
-    except EdgeshipError as e:
-        raise EdgeshipError(f"{where} {_line(node)}: {e.message}", e.hint) from None
+    except EdgeshipError as e:   # from a section's checks, some in other modules: keep the line short whatever they echo
+        raise EdgeshipError(f"{where} {_line(node)}: {clip(e.message, 4 * QUOTE_CHARS)}",
+                            e.hint and clip(e.hint, 4 * QUOTE_CHARS)) from None
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -231,20 +252,104 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+class _BudgetLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that counts nodes as it composes them, aliases expanded, and stops past ``MAX_NODES``.
+
+    An alias adds the size of the node it names, so ``[*a, *a, ...]`` nine levels deep counts its billion nodes
+    while only a few dozen exist: the bomb is refused before any Python object is constructed from it.
+    """
+
+    def __init__(self, text: str, where: str):
+        super().__init__(text)
+        self.where = where
+        self.total = 0
+        self.depth = 0
+        self.sizes: dict[int, int] = {}     # id(node) -> its size, aliases expanded (only completed nodes)
+
+    def _add(self, n: int, node_or_event) -> None:
+        self.total += n
+        if self.total > MAX_NODES:
+            raise EdgeshipError(f"{self.where} line {node_or_event.start_mark.line + 1}: the YAML expands to more than "
+                                f"{MAX_NODES:,} nodes (aliases counted where they are used)",
+                                hint="a recipe is a few sections of settings; this looks like an alias bomb or the wrong file")
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                if id(target) not in self.sizes:
+                    raise EdgeshipError(f"{self.where} line {event.start_mark.line + 1}: alias *{clip(event.anchor, 40)} "
+                                        "refers to a node that contains it (a recursive alias)",
+                                        hint="recipes do not need recursive structures; write the values out")
+                self._add(self.sizes[id(target)], event)
+            return super().compose_node(parent, index)   # an undefined alias: PyYAML's own error
+        start = self.total
+        self.depth += 1
+        if self.depth > MAX_DEPTH:          # before Python's recursion limit, in the composer or in the checks after it
+            event = self.peek_event()
+            raise EdgeshipError(f"{self.where} line {event.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep",
+                                hint="a recipe nests sections three or four levels deep")
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        if isinstance(node, yaml.ScalarNode) and len(node.value) > MAX_STRING:
+            raise EdgeshipError(f"{self.where} line {node.start_mark.line + 1}: a value of {len(node.value):,} characters "
+                                f"(the limit is {MAX_STRING:,}): {quote(node.value)}",
+                                hint="recipe values are names, paths and numbers")
+        self._add(1, node)
+        self.sizes[id(node)] = self.total - start
+        return node
+
+
+def _yaml_error(e: yaml.YAMLError, text: str) -> str:
+    """PyYAML's message, each part short: its problems can quote an anchor or a scalar of any length."""
+    if isinstance(e, yaml.reader.ReaderError) and isinstance(e.character, int):
+        line = text.count("\n", 0, e.position) + 1
+        return (f"non-printable character #x{e.character:04x} at line {line} (character offset {e.position}); "
+                "YAML does not allow control characters")
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        parts = [clip(str(p), QUOTE_CHARS) for p in (e.context, e.problem) if p]
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return "; ".join(parts) + where
+    return clip(" ".join(str(e).split()), 2 * QUOTE_CHARS)
+
+
+def load_yaml(text: str, where: str):
+    """``text`` as Python data, safely: size, node budget (aliases expanded), nesting and value length limited.
+
+    Returns ``(data, node)``: the data and the composed node it was constructed from (for line numbers).
+    """
+    if len(text) > MAX_RECIPE_BYTES:
+        raise EdgeshipError(f"{where} is {len(text):,} characters; a recipe may be at most {MAX_RECIPE_BYTES:,} bytes (1 MiB)",
+                            hint="a recipe is a few sections of settings; is this the right file?")
+    loader = None
+    try:
+        loader = _BudgetLoader(text, where)      # its reader refuses control characters
+        node = loader.get_single_node()          # composes, counting nodes: refuses a bomb before constructing
+        data = None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise EdgeshipError(f"{where} is not valid YAML: {_yaml_error(e, text)}") from None
+    except RecursionError:
+        raise EdgeshipError(f"{where} is nested too deeply", hint="a recipe nests sections two or three levels deep") from None
+    except (ValueError, OverflowError) as e:     # a value PyYAML cannot build: a date like 2020-13-45, a 5000-digit int
+        raise EdgeshipError(f"{where} has a value that cannot be read: {clip(str(e), QUOTE_CHARS)}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return data, node
+
+
 def parse(text: str, where: str = "recipe") -> Recipe:
     """Parse and validate a recipe; a ``preset:`` key starts from that preset and overrides it."""
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise EdgeshipError(f"{where} is not valid YAML: {e}") from None
+    data, node = load_yaml(text, where)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise EdgeshipError(f"{where} must be a YAML mapping of sections (data, train, distill, prune, quantize, export)")
     preset = data.pop("preset", None)
     if preset is not None:
-        base = yaml.safe_load(_preset_text(preset))
+        base, _ = load_yaml(_preset_text(preset), f"preset {preset}")
         base.pop("preset", None)
         merged = _merge(base, data)
         # validate the user's keys against their own lines first, then the merged result
@@ -253,21 +358,52 @@ def parse(text: str, where: str = "recipe") -> Recipe:
     return _build(Recipe, data, node, where, "")
 
 
-def _preset_text(name: str) -> str:
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise EdgeshipError(f"unknown preset {name!r}", hint=f"known presets: {', '.join(presets())}")
-    return path.read_text()
+def _preset_text(name) -> str:
+    """The text of a preset, by NAME only: a path (``preset: /etc/x.yaml``, ``../x``) is not a preset."""
+    known = presets()
+    if not isinstance(name, str) or name not in known:
+        raise EdgeshipError(f"unknown preset {quote(name)}",
+                            hint=f"preset: takes a name, not a path; known presets: {', '.join(known)}")
+    return (PRESETS_DIR / f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def load(ref: str) -> Recipe:
     """A recipe file path, or a preset name."""
     p = Path(ref)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise EdgeshipError(f"recipe file {ref!r} does not exist", hint=f"or name a preset: {', '.join(presets())}")
-        return parse(p.read_text(), str(p))
+    try:
+        exists, is_file = p.exists(), p.is_file()
+    except OSError as e:                          # a name too long for the file system, ...
+        raise EdgeshipError(f"recipe {quote(ref)} cannot be opened: {e.strerror}",
+                            hint=f"give a recipe file, or name a preset: {', '.join(presets())}") from None
+    if p.suffix in (".yaml", ".yml") or exists:
+        if not is_file:
+            what = "is not a regular file" if exists else "does not exist"
+            raise EdgeshipError(f"recipe file {quote(ref)} {what}", hint=f"or name a preset: {', '.join(presets())}")
+        return parse(read_text(p), str(p))
     return parse(_preset_text(ref), f"preset {ref}")
+
+
+def read_text(path: Path, limit: int = MAX_RECIPE_BYTES, what: str = "recipe") -> str:
+    """A small UTF-8 text file: refused past ``limit`` bytes (read no further), or when it is not UTF-8."""
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise EdgeshipError(f"{what} {path} is {size:,} bytes; the limit is {limit:,} bytes ({limit / (1 << 20):g} MiB)",
+                                hint=f"a {what} is a few sections of settings; is this the right file?")
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)               # the size can lie (a file that grows, /proc)
+    except OSError as e:
+        raise EdgeshipError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if len(raw) > limit:
+        raise EdgeshipError(f"{what} {path} is more than {limit:,} bytes ({limit / (1 << 20):g} MiB), the limit",
+                            hint=f"a {what} is a few sections of settings; is this the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise EdgeshipError(f"{what} {path} is not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset {e.start} "
+                            f"(line {line})", hint=f"save the {what} as UTF-8 text") from None
+    return text.removeprefix("\ufeff")           # a byte-order mark some editors write
 
 
 def to_yaml(recipe: Recipe) -> str:
@@ -280,7 +416,9 @@ def resolve_layers(module, overrides: dict, default):
     types = {type(m).__name__ for m in names.values()}
     unknown = [k for k in overrides if k not in names and k not in types]
     if unknown:
-        raise EdgeshipError(f"per-layer options name layers or types the model does not have: {', '.join(unknown)}",
+        more = f" (and {len(unknown) - 10:,} more)" if len(unknown) > 10 else ""
+        listed = clip(", ".join(clip(str(k), 60) for k in unknown[:10]), 4 * QUOTE_CHARS)
+        raise EdgeshipError(f"per-layer options name layers or types the model does not have: {listed}{more}",
                             hint=f"layer names look like {', '.join(list(names)[1:6])}; types: {', '.join(sorted(types)[:8])}")
     out = {}
     for name, m in names.items():

@@ -38,9 +38,13 @@ def load(folder: Path) -> dict:
     if not path.is_file():
         raise EdgeshipError(f"{folder} has no report.json", hint="is this an edgeship export folder? make one with: edgeship export")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgeshipError(f"{path} is not valid JSON: {e}") from e
+        report = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise EdgeshipError(f"{path} is not valid JSON: {str(e)[:200]}", hint="export the folder again") from e
+    if not isinstance(report, dict) or not isinstance(report.get("artifacts", []), list):
+        raise EdgeshipError(f"{path} is not an edgeship report (a JSON object with an artifacts list)",
+                            hint="export the folder again")
+    return report
 
 
 def write(folder: Path, report: dict) -> None:
@@ -64,7 +68,8 @@ def parity_text(parity: dict | None) -> str:
     fig = "—" if v is None else (f"cos {v:.6f}" if parity["metric"] == "cosine" else f"SQNR {v:.1f} dB")
     extra = f" max|Δ| {parity['max_abs']:.1e}" if parity.get("max_abs") is not None else ""
     top1 = f" top-1 {parity['top1_agreement']:.0%}" if parity.get("top1_agreement") is not None else ""
-    return f"{fig}{extra}{top1}"
+    why = f": {parity['reason']}" if parity["status"] != "pass" and parity.get("reason") else ""
+    return f"{fig}{extra}{top1}{why}"
 
 
 def accuracy_text(acc: dict | None) -> str:

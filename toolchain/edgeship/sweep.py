@@ -10,10 +10,9 @@ from .manifest import tool_versions
 
 def write_sweep(out: Path, spec, rows: list[dict], method: str, force: bool) -> dict:
     from .compress.prune import plot_sweep
-    from .pipeline import prepare_out, staged_folder
+    from .outdir import staged_folder
     from .report import SCHEMA_VERSION
-    prepare_out(out, force)
-    with staged_folder(out) as staging:
+    with staged_folder(out, force) as staging:
         plot_sweep(rows, staging / "sweep.png", title=f"{spec.name}: {method} pruning")
         report = {"schema_version": SCHEMA_VERSION, "name": spec.name, "kind": "sweep", "method": method,
                   "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(), "tools": tool_versions(),

@@ -78,7 +78,7 @@ def compress_model(spec: ModelSpec, recipe: Recipe, data_ref: str | None, eval_r
         stages.append(_stage("input", teacher, eval_data))
     current = teacher
     if recipe.distill:
-        current = _distill(teacher, recipe, train, val, eval_data, stages, progress)
+        current = _distill(teacher, recipe, train, val, eval_data, record, progress)
     if recipe.prune:
         current = _prune(current, recipe, train, val, eval_data, stages, progress)
     if qat:
@@ -109,27 +109,53 @@ def quant_options(spec: ModelSpec, recipe: Recipe) -> dict:
     return {"quant": QuantOptions(q.keep_float(spec.module)), "max_accuracy_drop": q.max_accuracy_drop}
 
 
-def _distill(teacher, recipe: Recipe, train, val, eval_data, stages, progress) -> ModelSpec:
+def _distill(teacher, recipe: Recipe, train, val, eval_data, record, progress) -> ModelSpec:
+    """Distill the student; with ``baseline`` also train the same student on the labels alone, and ship the better
+    of the two on the validation split (``ship: auto``; the recipe can force either). A teacher does not always
+    help: on a 99% task one digit is noise, and on small tabular sets the twin can win outright."""
     from .distill import DistillConfig, distill
     from .prune import recalibrate_bn, shrink_width
     d = recipe.distill
+    stages = record["stages"]
     cfg = DistillConfig(d.temperature, d.alpha, d.epochs, d.lr, d.batch_size, d.seed, d.patience, d.feature_layers)
-    student = load_model(d.student, teacher.inputs) if d.student else None
+    student = load_model(d.student, teacher.inputs, seed=recipe.seed) if d.student else None
     result = distill(teacher, student, train, val, cfg, width_ratio=None if student else d.width, progress=progress)
     distilled = result.spec
     stages.append(_stage("distill", distilled, eval_data, temperature=d.temperature, alpha=d.alpha,
                          student=d.student or f"teacher at width {d.width}"))
-    if d.baseline:
-        # the same student, trained on the labels alone for as many epochs: what the teacher adds
-        if student is not None:
-            base = teacher.with_module(copy.deepcopy(student.module))
-        else:
-            base = shrink_width(teacher, d.width)
-            recalibrate_bn(base.module, train)
-        cfg_b = TrainConfig(d.epochs, d.lr, d.batch_size, d.seed, d.patience)
-        train_classifier(base.module, train, val, cfg_b, progress=progress, stage="baseline")
-        stages.append(_stage("student-without-teacher", base.with_module(base.module.eval()), eval_data))
-    return distilled
+    if not d.baseline:
+        record["student"] = {"shipped": "distilled", "why": "no baseline was trained (distill.baseline: false)"}
+        return distilled
+    # the same student, trained on the labels alone for as many epochs: what the teacher adds
+    if student is not None:
+        base = teacher.with_module(copy.deepcopy(student.module))
+    else:
+        base = shrink_width(teacher, d.width)
+        recalibrate_bn(base.module, train)
+    cfg_b = TrainConfig(d.epochs, d.lr, d.batch_size, d.seed, d.patience)
+    train_classifier(base.module, train, val, cfg_b, progress=progress, stage="baseline")
+    base = base.with_module(base.module.eval())
+    stages.append(_stage("student-without-teacher", base, eval_data))
+    shipped, why = choose_student(distilled, base, val, d.ship)
+    record["student"] = {"shipped": shipped, "why": why}
+    return distilled if shipped == "distilled" else base
+
+
+def choose_student(distilled: ModelSpec, baseline: ModelSpec, val: DataSource | None, ship: str) -> tuple[str, str]:
+    """Which student ships: forced by ``ship``, else the higher validation accuracy, ties broken by the lower
+    validation cross-entropy (the eval split stays untouched by the choice). Returns (which, why)."""
+    if ship != "auto":
+        return ship, f"forced by distill.ship: {ship}"
+    if val is None or val.y is None:
+        return "distilled", "no labelled validation data to compare the two on"
+    acc = {"distilled": evaluate(distilled.module, val), "baseline": evaluate(baseline.module, val)}
+    nll = {"distilled": eval_nll(distilled.module, val), "baseline": eval_nll(baseline.module, val)}
+    best = max(acc, key=lambda k: (acc[k], -nll[k], k == "distilled"))
+    other = "baseline" if best == "distilled" else "distilled"
+    how = (f"validation accuracy {acc[best]:.2%} vs {acc[other]:.2%}" if acc[best] != acc[other] else
+           f"validation accuracy tied at {acc[best]:.2%}; cross-entropy {nll[best]:.4f} vs {nll[other]:.4f} nats")
+    names = {"distilled": "the distilled student", "baseline": "the same student trained without the teacher"}
+    return best, f"{names[best]} is better than {names[other]}: {how}"
 
 
 def _prune(current, recipe: Recipe, train, val, eval_data, stages, progress) -> ModelSpec:
@@ -163,19 +189,18 @@ def shipped_change(before: ModelSpec, after: ModelSpec, formats, *, runs: int = 
 
     from .._io import captured_output, size_path
     from ..export import get_exporter
+    from ..pipeline import export_artifact
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeship-prune-") as tmp:
         for fmt in formats:
-            exporter = get_exporter(fmt)
-            if "fp32" not in exporter.precisions:
+            if "fp32" not in get_exporter(fmt).precisions:
                 continue
             row: dict = {"format": fmt}
-            try:
-                with captured_output():   # the converters' own chatter
-                    paths = {w: exporter.export(m, Path(tmp) / w / fmt, "fp32").path
-                             for w, m in (("before", before), ("after", after))}
-            except Exception as e:   # a format the model does not export to: the main export reports why
-                rows.append(row | {"error": f"{type(e).__name__}: {e}"})
+            try:   # the export path every artifact takes (its converter in a child where it can end the process)
+                paths = {w: export_artifact(m, fmt, "fp32", Path(tmp) / w)[0].path
+                         for w, m in (("before", before), ("after", after))}
+            except EdgeshipError as e:   # a format the model does not export to: the main export reports why
+                rows.append(row | {"error": e.message})
                 continue
             row |= {"size_before": size_path(paths["before"]), "size_after": size_path(paths["after"])}
             p50: dict[str, list[float]] = {"before": [], "after": []}

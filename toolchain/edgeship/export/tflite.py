@@ -38,9 +38,14 @@ class TFLiteExporter:
     precisions = frozenset({"fp32", "fp16", "int8", "dynamic-int8"})
     extra = "tflite"
     module = "litert_torch"
+    isolate = True   # its converter can end the process (exit(1) on a full disk): the pipeline runs it in a child
+    # ... but only while no conversion ran in this process: the converter's thread pools (LLVM's, in MLIR verify)
+    # do not survive fork, and a child forked after them waits forever
+    converted_in_this_process = False
 
     def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None, quant=None) -> Exported:
         litert_torch = require("litert_torch", self.extra, "TFLite export")
+        type(self).converted_in_this_process = True   # set in a forked child, it stays there
         keep = quant.keep_float if quant is not None else frozenset()
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / artifact_name(precision, self.suffix)
