@@ -198,7 +198,7 @@ def test_no_artifact_for_the_app(export_dir, ios_app):
 def test_sha256_mismatch_is_an_error_and_writes_nothing(export_dir, android_app):
     with open(export_dir / "onnx" / "model.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(EdgeshipError, match="does not match the sha256") as e:
+    with pytest.raises(EdgeshipError, match="changed since export .its sha256") as e:
         package(export_dir, "android", app_root=android_app)
     assert "export again" in e.value.hint
     assert not (android_app / ASSETS).exists()

@@ -13,16 +13,22 @@ from pathlib import Path, PurePosixPath
 log = logging.getLogger(__name__)
 
 
+def relative_parts(rel: str, message: str, hint: str | None = None) -> tuple[str, ...]:
+    """The parts of ``rel``, a POSIX path from a manifest or record, when it is relative and cannot climb (no ``..``,
+    no absolute path, no backslash or NUL); else an EdgeshipError with ``message``."""
+    from .errors import EdgeshipError
+    p = PurePosixPath(str(rel))
+    if not isinstance(rel, str) or not p.parts or p.is_absolute() or ".." in p.parts or "\\" in rel or "\0" in rel:
+        raise EdgeshipError(message, hint=hint or "the folder was edited by hand or tampered with: export it again")
+    return p.parts
+
+
 def inside(root: Path, rel: str, what: str, *, hint: str | None = None) -> Path:
     """``root / rel`` where ``rel`` (a POSIX path from a manifest or record) stays inside ``root`` once symlinks are
     followed; else an EdgeshipError. Containment is checked on resolved real paths, not lexically, so neither
     ``..``, an absolute path nor a symlink (in ``rel``'s folders or at its end) can lead out of ``root``."""
     from .errors import EdgeshipError
-    p = PurePosixPath(str(rel))
-    if not isinstance(rel, str) or not p.parts or p.is_absolute() or ".." in p.parts or "\\" in rel or "\0" in rel:
-        raise EdgeshipError(f"{what} {str(rel)[:200]!r} is not a relative path inside {root}",
-                            hint=hint or "the folder was edited by hand or tampered with: export it again")
-    path = Path(root).joinpath(*p.parts)
+    path = Path(root).joinpath(*relative_parts(rel, f"{what} {str(rel)[:200]!r} is not a relative path inside {root}", hint))
     real_root = Path(root).resolve()
     real = path.resolve()
     if real != real_root and real_root not in real.parents:

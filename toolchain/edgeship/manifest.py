@@ -9,7 +9,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from ._io import inside, write_json_atomic
+from ._io import inside, sha256_path, write_json_atomic
 from .errors import EdgeshipError
 
 SCHEMA_VERSION = "1.0"
@@ -107,3 +107,16 @@ def build(spec, artifacts: list[dict], labels_file: str | None) -> dict:
 def write(folder: Path, manifest: dict) -> None:
     validate(manifest)
     write_json_atomic(Path(folder) / "manifest.json", manifest)
+
+
+def artifact_problem(folder: Path, art: dict) -> str | None:
+    """None when the artifact's bytes are those manifest.json's sha256 names, else why not (missing, or changed since
+    export). Read through :func:`edgeship._io.inside`: a path leading out of ``folder`` is an error, not a problem."""
+    path = inside(Path(folder), art["path"], "artifact path")
+    if not path.exists():
+        return f"{art['path']} is missing from {folder}; export again"
+    digest = sha256_path(path)
+    if digest != art["sha256"]:
+        return (f"{art['path']} changed since export (its sha256 {digest[:12]}… differs from manifest.json's "
+                f"{art['sha256'][:12]}…); run edgeship verify, or export again")
+    return None

@@ -199,13 +199,9 @@ def _choose(manifest: dict, target: AppTarget, export_dir: Path, formats: list[s
         src = inside(export_dir, a["path"], "the manifest's artifact path")
         if src.is_dir():
             _refuse_links_within(src, a["path"])
-        if not src.exists():
-            raise EdgeshipError(f"the manifest lists {a['path']}, which is missing from {export_dir}",
-                                hint="export again: the folder is incomplete")
-        digest = sha256_path(src)
-        if digest != a["sha256"]:
-            raise EdgeshipError(f"{a['path']} does not match the sha256 in the manifest (file {digest[:12]}…, "
-                                f"manifest {a['sha256'][:12]}…)", hint="the file changed after export; export again")
+        problem = manifest_mod.artifact_problem(export_dir, a)
+        if problem:
+            raise EdgeshipError(problem, hint="export again and package the new folder: only what was exported and verified ships")
     return chosen
 
 

@@ -488,14 +488,12 @@ def verify_folder(folder: Path, on_event: Event | None = None) -> dict:
     for art in manifest["artifacts"]:
         key = f"{art['format']}:{art['precision']}"
         on_event(key, "verify", {"path": art["path"]})
-        path = folder / art["path"]
         entry = by_key.setdefault(key, {"key": key, "format": art["format"], "precision": art["precision"], "status": "ok"})
-        if not path.exists():
-            parity = verify.Parity("fail", *verify.tolerance(art["precision"]), reason=f"{art['path']} is missing")
-        elif sha256_path(path) != art["sha256"]:
-            parity = verify.Parity("fail", *verify.tolerance(art["precision"]), reason=f"{art['path']} changed since export (sha256 differs from manifest.json)")
+        problem = manifest_mod.artifact_problem(folder, art)
+        if problem:
+            parity = verify.Parity("fail", *verify.tolerance(art["precision"]), reason=problem)
         else:
-            parity = verify.check_artifact(path, art["format"], art["precision"], feeds, refs, classifier)
+            parity = verify.check_artifact(folder / art["path"], art["format"], art["precision"], feeds, refs, classifier)
         entry["parity"] = parity.to_dict()
         on_event(key, "done", {"parity": entry["parity"]})
     report["artifacts"] = list(by_key.values())

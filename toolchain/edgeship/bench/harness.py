@@ -21,14 +21,14 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import edgeship_runtime
 
 from .. import manifest as manifest_mod
 from .. import report as report_mod
-from .._io import inside, sha256_path
+from .._io import inside, relative_parts
 from ..errors import EdgeshipError
 from . import native
 
@@ -130,24 +130,9 @@ def remote_path(d: str, rel: str) -> str:
     path on the device is built here from ``rel``'s parts alone (``.`` and empty parts dropped), and anything that
     could climb out of ``d`` (``..``, an absolute path, a backslash, NUL) is refused, so no manifest can make the
     bench write outside its temp folder on any device."""
-    text = str(rel)
-    parts = PurePosixPath(text).parts
-    if not parts or PurePosixPath(text).is_absolute() or ".." in parts or "\\" in text or "\0" in text:
-        raise EdgeshipError(f"artifact path {text[:200]!r} would leave the device's temp folder {d}",
-                            hint="the manifest was edited by hand or tampered with: export the folder again")
+    parts = relative_parts(rel, f"artifact path {str(rel)[:200]!r} would leave the device's temp folder {d}",
+                           hint="the manifest was edited by hand or tampered with: export the folder again")
     return f"{d}/{'/'.join(parts)}"
-
-
-def _changed(folder: Path, art: dict) -> str | None:
-    """None when the artifact's bytes are those the manifest's sha256 names, else why it must not be benched."""
-    path = inside(folder, art["path"], "artifact path")
-    if not path.exists():
-        return f"{art['path']} is missing from {folder}; export again"
-    digest = sha256_path(path)
-    if digest != art["sha256"]:
-        return (f"{art['path']} changed since export; run edgeship verify (its sha256 {digest[:12]}… differs from "
-                f"manifest.json's {art['sha256'][:12]}…)")
-    return None
 
 
 def _runner_argv(device, d: str, art: dict, opts: BenchOptions, threads: int | None) -> list[str]:
@@ -278,7 +263,7 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
     for a in arts:
         key = f"{a['format']}:{a['precision']}"
         # the bytes pushed must be the bytes exported (and verified); the app runs its own packaged copy
-        changed = _changed(folder, a) if opts.via != "app" else None
+        changed = manifest_mod.artifact_problem(folder, a) if opts.via != "app" else None
         reason = None if changed else _why_not(a, device, info, opts)
         if changed:
             entries.append(_entry(device, info, a, None, opts, status="failed", reason=changed))
