@@ -4,8 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgeship-installed
 PYTEST_ARGS ?=
+# Real pretrained networks (bench/real_models.py). facenet-pytorch ships MTCNN's weights in its wheel (1.9 MB): the
+# test suite quantizes its P-Net for real. These go in with --no-deps: their declared requirements would replace
+# this torch (bench/real_models.py says why, package by package).
+TEST_NODEPS := facenet-pytorch==2.6.0
+REAL_NODEPS := $(TEST_NODEPS) onnx2torch==1.5.15 torchcrepe==0.0.24 resemblyzer==0.1.4
+REAL_STAMP := $(VENV)/.edgeship-real-installed
 
-.PHONY: setup demo test test-fast bench bench-distill clean
+.PHONY: setup real-setup demo test test-fast bench bench-distill fidelity clean
 
 setup: $(STAMP)
 
@@ -14,7 +20,16 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	$(BIN)/python -m pip install -q --no-deps $(TEST_NODEPS)
 	touch $(STAMP)
+
+real-setup: $(REAL_STAMP)
+
+$(REAL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[all,dev,real]'
+	$(BIN)/python -m pip install -q --no-deps $(REAL_NODEPS)
+	@command -v espeak-ng >/dev/null || echo "note: espeak-ng is not installed: the audio models (crepe_tiny, resemblyzer) get no speech; install it with: apt-get install -y espeak-ng"
+	touch $(REAL_STAMP)
 
 demo: setup
 	$(BIN)/python -m edgeship.demo
@@ -30,6 +45,10 @@ bench: setup
 
 bench-distill: setup
 	$(BIN)/python bench/distill.py
+
+# int8 on real pretrained networks, each runtime's plain recipe beside edgeship's: bench/fidelity.md (~35 min)
+fidelity: real-setup
+	$(BIN)/python bench/fidelity.py
 
 clean:
 	rm -rf dist .pytest_cache
