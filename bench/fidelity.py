@@ -53,6 +53,7 @@ sys.path.insert(0, str(HERE))
 
 import real_models as R  # noqa: E402
 
+NOISE_DB = 40          # the noise floor: input nudged by Gaussian noise this many dB below it
 FORMATS = ("onnx", "tflite", "executorch")
 RUNTIME = {"onnx": "onnxruntime", "tflite": "LiteRT", "executorch": "ExecuTorch (XNNPACK)"}
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}
@@ -437,6 +438,16 @@ def measure_model(name: str, args, cpu: dict) -> dict:
         labels = np.array([s.label for s in calib_s])
         cent = np.stack([emb[labels == v].mean(0) for v in sorted(set(labels))])
         ctx["centroids"] = cent / np.linalg.norm(cent, axis=1, keepdims=True)
+    # The model's own noise floor: PyTorch fp32 on the same inputs with Gaussian noise 40 dB below each input
+    # (about 1% of its amplitude). An int8 file cannot be expected to stay closer to fp32 than fp32 stays to itself
+    # under such a nudge; a model whose floor is below the int8 target is hypersensitive, and SQNR overstates its loss.
+    rng = np.random.default_rng(0)
+    nudged = [tuple((a + rng.standard_normal(a.shape) * np.sqrt(np.mean(a.astype(np.float64) ** 2) * 10 ** (-NOISE_DB / 10))
+                     ).astype(a.dtype) for a in x) for x in evals]
+    floor = torch_run(module, nudged)
+    noise_floor = {"input_snr_db": NOISE_DB, "sqnr_db": round(sqnr_db([o for s in refs for o in s],
+                                                                      [o for s in floor for o in s]), 2),
+                   "agreement": agreement(task, name, refs, floor, ctx)}
     t0 = time.perf_counter()
     with torch.no_grad():
         for _ in range(3):
@@ -558,7 +569,7 @@ def measure_model(name: str, args, cpu: dict) -> dict:
             "onnx2torch_check": conv, "calib_samples": len(calib), "eval_samples": len(evals),
             "calib_sources": sorted(set(s.source for s in calib_s)), "eval_sources": sorted(set(s.source for s in eval_s)),
             "edgeship_command": ex["command"], "edgeship_exit": ex["exit"], "edgeship_wall_s": ex["wall_s"],
-            "rows": rows}
+            "noise_floor": noise_floor, "rows": rows}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -591,7 +602,7 @@ def _islands(e: dict) -> str:
 
 def write_md(results: dict, path: Path) -> None:
     cpu = results["cpu"]
-    L = ["# int8 fidelity on real pretrained networks (the \"before\" table)", "",
+    L = ["# int8 fidelity on real pretrained networks", "",
          f"Measured {results['date']} by `{results['command']}` in {results['total_s'] / 60:.1f} min wall" +
          (f", {results['cpu_s'] / 60:.1f} min CPU" if results.get("cpu_s") else "") +
          (f" (load average {results['load_average_start'][0]:.1f} at the start, {results['load_average_end'][0]:.1f} "
@@ -624,16 +635,22 @@ def write_md(results: dict, path: Path) -> None:
         return f"{sq} dB / {e['agreement']['value'] * 100:.0f}%"
 
     L += ["## Summary: int8 SQNR vs PyTorch fp32 / task agreement, plain recipe → edgeship", "",
-          "| model | " + " | ".join(RUNTIME[f] for f in FORMATS) + " |", "|---|" + "---|" * len(FORMATS)]
+          "| model | " + " | ".join(RUNTIME[f] for f in FORMATS) + f" | fp32 itself, input nudged by {NOISE_DB} dB noise |",
+          "|---|" + "---|" * (len(FORMATS) + 1)]
     for m in results["models"]:
         if "skipped" in m:
-            L.append(f"| {m['name']} | " + " | ".join("skipped" for _ in FORMATS) + " |")
+            L.append(f"| {m['name']} | " + " | ".join("skipped" for _ in FORMATS) + " | |")
             continue
         rows = {r["format"]: r for r in m["rows"]}
+        nf = m.get("noise_floor")
         L.append(f"| {m['name']} | " + " | ".join(
             f"{cell(rows.get(f, {}).get('plain_int8'))} → {cell(rows.get(f, {}).get('edgeship_int8'))}"
-            for f in FORMATS) + " |")
-    L += ["", "Below 20 dB (DESIGN.md's int8 target) is a collapse; \"failed\" is an export or run that did not "
+            for f in FORMATS) + f" | {cell(dict(nf, status='ok')) if nf else '—'} |")
+    L += ["", f"The last column is the model's own noise floor: PyTorch fp32 on the held-out inputs with Gaussian noise "
+          f"{NOISE_DB} dB below each input (about 1% of its amplitude), against fp32 on the clean inputs. int8 cannot be "
+          "expected to stay closer to fp32 than that; where the floor is below the int8 target, the model is "
+          "hypersensitive and its task agreement says more than its SQNR.", "",
+          "Below 20 dB (DESIGN.md's int8 target) is a collapse; \"failed\" is an export or run that did not "
           "produce a result (the per-model tables say why).", ""]
     for m in results["models"]:
         if "skipped" in m:

@@ -146,7 +146,9 @@ def test_onnx_int8_graph_has_integer_ops(exported, model):
     ops = Counter(n.op_type for n in onnx.load(str(out / art["path"])).graph.node)
     if model == "tiny_cnn":   # static QDQ: every conv and the classifier read int8 weights through DequantizeLinear
         assert ops["DequantizeLinear"] >= _n_weight_layers(model) and ops["QuantizeLinear"] >= 1
-        assert "calibration" in art["details"] and art["details"]["calibration_samples"] == 32
+        d = art["details"]   # 32 random samples: 24 calibrate, 8 held back to measure the candidates
+        assert d["calibration_samples"] == 24 and d["measured_on_samples"] == 8
+        assert d["recipe"] in d["candidates_sqnr_db"] and d["activations"] in ("S8S8", "U8S8")
     else:                     # token ids in: dynamic quantization, integer matmuls
         assert ops["MatMulInteger"] >= 1 and ops["DynamicQuantizeLinear"] >= 1
         assert any("dynamic int8" in n and "token ids" in n for n in art["notes"])
@@ -188,9 +190,9 @@ def test_executorch_int8_is_delegated_to_xnnpack(exported, model):
     if model == "tiny_cnn":
         assert d["portable_nodes"] == 0
     if model == "tiny_cnn":
-        assert d["observer"] in quantize.OBSERVERS and d["calibration_sqnr_db"][d["observer"]] >= 20.0
+        assert d["observer"] in quantize.OBSERVERS and d["candidates_sqnr_db"][d["recipe"]] >= 20.0
     else:   # token ids in: XNNPACK's dynamic int8 (QD8), no activation observer
-        assert d["observer"] == "dynamic" and max(d["calibration_sqnr_db"].values()) >= 20.0
+        assert d["observer"] == "dynamic" and max(d["candidates_sqnr_db"].values()) >= 20.0
 
 
 @pytest.mark.slow
@@ -263,24 +265,51 @@ def test_calibration_inputs_rejects_what_does_not_fit(bad, match):
         quantize.calibration_inputs(EXAMPLES["tiny_cnn"](), bad)
 
 
-def test_pick_best_stops_at_the_target_and_keeps_the_best_otherwise():
-    made = []
-
-    def cand(label, db):
-        def make():
+def _candidates(made: list, rounds: dict[str, tuple[int, float | None]]):
+    def make(label, db):
+        def build():
             made.append(label)
             if db is None:
                 raise RuntimeError("converter failed")
             return (label, db)
-        return label, make
-    got, kept, tried = quantize.pick_best([cand("a", 25.0), cand("b", 40.0)], lambda m: m[1], target_db=20.0)
-    assert (got, kept, made) == (("a", 25.0), "a", ["a"])
+        return build
+    return [quantize.Candidate(label, make(label, db), round=r) for label, (r, db) in rounds.items()]
+
+
+def test_choose_stops_at_the_first_round_that_meets_the_target_and_keeps_the_fastest_there():
+    made = []
+    speed = {"a": 3.0, "b": 1.0, "c": 0.5}
+    cands = _candidates(made, {"a": (0, 25.0), "b": (0, 22.0), "c": (1, 40.0)})
+    got = quantize.choose(cands, lambda m: m[1], target_db=20.0, speed=lambda ms: [speed[m[0]] for m in ms])
+    assert (got.label, made) == ("b", ["a", "b"])   # both met 20 dB in round 0: the faster; round 1 never built
+    assert got.latency_ms == {"a": 3.0, "b": 1.0} and "fastest" in got.why
     made.clear()
-    got, kept, tried = quantize.pick_best([cand("a", 5.0), cand("x", None), cand("b", 12.0), cand("c", 8.0)],
-                                          lambda m: m[1], target_db=20.0)
-    assert kept == "b" and made == ["a", "x", "b", "c"] and tried["x"] == float("-inf") and tried["b"] == 12.0
+    got = quantize.choose(_candidates(made, {"a": (0, 25.0), "b": (0, 22.0)}), lambda m: m[1], target_db=20.0)
+    assert got.label == "a" and got.latency_ms == {}    # no speed measure: the most faithful
+    got = quantize.choose(_candidates([], {"a": (0, 35.0), "b": (0, 22.0)}), lambda m: m[1], target_db=20.0,
+                          speed=lambda ms: [speed[m[0]] for m in ms])
+    assert got.label == "a"      # b is faster but 13 dB less faithful: fidelity first
+
+
+def test_choose_keeps_the_most_faithful_when_none_meets_the_target():
+    made = []
+    got = quantize.choose(_candidates(made, {"a": (0, 5.0), "x": (0, None), "b": (1, 12.0), "c": (2, 8.0)}),
+                          lambda m: m[1], target_db=20.0)
+    assert got.label == "b" and made == ["a", "x", "b", "c"] and got.tried["x"] == float("-inf")
+    assert got.sqnr_db == 12.0 and "none met" in got.why
+    note = quantize.low_sqnr_note(got, calibrated_on_data=False)
+    assert "12.0 dB" in note and "a, x, b, c" in note and "--calib" in note and "--keep-float" in note
+    assert "--calib" not in quantize.low_sqnr_note(got)   # real data was given: not the advice
     with pytest.raises(RuntimeError, match="converter failed"):
-        quantize.pick_best([cand("x", None)], lambda m: m[1])
+        quantize.choose(_candidates([], {"x": (0, None)}), lambda m: m[1])
+
+
+def test_split_calibration_holds_back_a_quarter():
+    samples = list(range(24))
+    cal, held, note = quantize.split_calibration(samples)
+    assert cal == list(range(18)) and held == list(range(18, 24)) and "6 calibration samples held back" in note
+    cal, held, note = quantize.split_calibration(samples[:5])
+    assert cal == held == samples[:5] and "none held back" in note
 
 
 def test_activation_observer_is_swapped_and_weights_stay_per_channel():
@@ -301,12 +330,13 @@ def test_tflite_tries_ai_edge_quantizer_when_pt2e_misses_the_target(tmp_path, mo
     """The remedy path: with an unreachable target both static recipes are made, measured in LiteRT, and the
     better one is kept; the notes say what was tried and that the target was missed."""
     from edgeship.export.tflite import TFLiteExporter
-    original = quantize.pick_best
-    monkeypatch.setattr(quantize, "pick_best", lambda candidates, measure, target_db=None: original(candidates, measure, 1000.0))
+    original = quantize.choose
+    monkeypatch.setattr(quantize, "choose", lambda candidates, measure, target_db=None, speed=None:
+                        original(candidates, measure, target_db=1000.0, speed=speed))
     monkeypatch.setattr(quantize, "TARGET_DB", 1000.0)
     spec = EXAMPLES["digits_cnn"]()
     made = TFLiteExporter().export(spec, tmp_path, "int8", calib=calibration(spec))
-    tried = made.details["calibration_sqnr_db"]
+    tried = made.details["candidates_sqnr_db"]
     assert list(tried) == ["pt2e", "ai-edge-quantizer"] and all(20.0 < v < 1000.0 for v in tried.values())
     assert made.details["quantizer"] == max(tried, key=tried.get)
     assert any(n.startswith("int8 recipes tried") for n in made.notes)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_SAMPLES = 32
 OBSERVERS = ("histogram", "minmax")   # activation observers; weights are always per-channel min/max (symmetric)
+SPEED_MARGIN_DB = 3.0                 # choose: the faster recipe wins only within this many dB of the most faithful
 TARGET_DB = 20.0                      # verify.TOLERANCES["int8"]: below this a remedy is tried
 RANDOM_CALIB_NOTE = ("calibrated on {n} random inputs of the example distribution (no calibration data given); "
                      "real data (--calib DATA) gives better int8 accuracy")
@@ -270,10 +271,11 @@ class PT2EResult:
 
     module: torch.fx.GraphModule
     observer: str
-    sqnr_db: float                                   # quantized graph vs float model, on the calibration inputs
-    tried: dict[str, float] = field(default_factory=dict)   # observer -> SQNR dB
+    sqnr_db: float                                   # quantized graph vs float model, on held-back calibration inputs
+    tried: dict[str, float] = field(default_factory=dict)   # recipe -> SQNR dB
     notes: list[str] = field(default_factory=list)
     layers: dict[str, str] = field(default_factory=dict)    # conv/linear layer -> "int8" | "float", as converted
+    recipe: str = ""                                 # the kept candidate's label
 
 
 def sqnr_db(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
@@ -310,31 +312,82 @@ def prepare_calibrate_convert(module: torch.nn.Module, example_args: Inputs, mak
     return convert_pt2e(prepared, fold_quantize=fold_quantize)
 
 
-def pick_best(candidates: Sequence[tuple[str, Callable[[], T]]], measure: Callable[[T], float],
-              target_db: float = TARGET_DB) -> tuple[T, str, dict[str, float]]:
-    """Make the candidates in order, measure each (SQNR dB) and stop at the first that meets ``target_db``;
-    otherwise keep the best. Returns ``(made, label, {label: SQNR})``. A candidate that raises is recorded as
-    -inf and skipped (its error is logged); if all raise, the last error propagates."""
+@dataclass(frozen=True)
+class Candidate:
+    """One way to make a format's int8 artifact: ``make()`` builds it (a file or a graph). Candidates in one
+    ``round`` are all built and measured; a later round is tried only when none of an earlier one met the target."""
+
+    label: str
+    make: Callable[[], Any]
+    round: int = 0
+
+
+@dataclass
+class Choice:
+    """What :func:`choose` kept, and what it measured of every candidate it built."""
+
+    made: Any
+    label: str
+    tried: dict[str, float]                     # label -> SQNR dB on the held-back samples (-inf: it failed)
+    latency_ms: dict[str, float] = field(default_factory=dict)   # label -> ms, for the candidates that met the target
+    why: str = ""
+
+    @property
+    def sqnr_db(self) -> float:
+        return self.tried[self.label]
+
+
+def choose(candidates: Sequence[Candidate], measure: Callable[[Any], float], *, target_db: float = TARGET_DB,
+           speed: Callable[[list], list[float]] | None = None) -> Choice:
+    """The one measure-and-choose loop of every int8 exporter (DESIGN.md: fidelity first, then speed).
+
+    Round by round, build every candidate of the round and ``measure`` it (SQNR dB against the float model, in the
+    format's own runtime, on calibration samples held back from calibration: :func:`split_calibration`). The first
+    round where some candidates meet ``target_db`` ends the search: of those within ``SPEED_MARGIN_DB`` of the most
+    faithful, the fastest by ``speed`` (ms of each, measured together) is kept, or the most faithful when there is
+    no ``speed``. When no candidate meets the target,
+    the most faithful of all is kept. A candidate that raises is recorded as -inf (its error logged); if every one
+    raises, the last error propagates."""
     tried: dict[str, float] = {}
-    best: tuple[float, str, T] | None = None
+    built: dict[str, Any] = {}
     error: BaseException | None = None
-    for label, make in candidates:
-        try:
-            made = make()
-            s = float(measure(made))
-        except Exception as e:  # noqa: BLE001 - one recipe failing leaves the others to try
-            log.warning("int8 candidate %s failed: %s: %s", label, type(e).__name__, e)
-            tried[label], error = float("-inf"), e
-            continue
-        tried[label] = round(s, 2)
-        log.info("int8 candidate %s: %.2f dB SQNR on the calibration inputs", label, s)
-        if best is None or s > best[0]:
-            best = (s, label, made)
-        if s >= target_db:
-            break
-    if best is None:
+    for r in sorted({c.round for c in candidates}):
+        for c in (c for c in candidates if c.round == r):
+            try:
+                made = c.make()
+                tried[c.label] = round(float(measure(made)), 2)
+                built[c.label] = made
+                log.info("int8 candidate %s: %.2f dB SQNR on the held-back samples", c.label, tried[c.label])
+            except Exception as e:  # noqa: BLE001 - one recipe failing leaves the others to try
+                log.warning("int8 candidate %s failed: %s: %s", c.label, type(e).__name__, e)
+                tried[c.label], error = float("-inf"), e
+        meeting = [k for k in built if tried[k] >= target_db]
+        if meeting:   # speed only among those close to the most faithful (a tie on the held-back samples)
+            best = max(tried[k] for k in meeting)
+            meeting = [k for k in meeting if tried[k] >= best - SPEED_MARGIN_DB]
+            if speed is None or len(meeting) == 1:
+                label = max(meeting, key=lambda k: tried[k])
+                return Choice(built[label], label, tried, why=f"meets {target_db:g} dB")
+            ms = dict(zip(meeting, (round(float(v), 4) for v in speed([built[k] for k in meeting]))))
+            label = min(meeting, key=lambda k: ms[k])
+            return Choice(built[label], label, tried, ms, why=f"fastest of those meeting {target_db:g} dB")
+    if not built:
         raise error  # type: ignore[misc]
-    return best[2], best[1], tried
+    label = max(built, key=lambda k: tried[k])
+    return Choice(built[label], label, tried, why=f"most faithful; none met {target_db:g} dB")
+
+
+def split_calibration(samples: Sequence[Inputs], hold_back: float = 0.25, minimum: int = 8
+                      ) -> tuple[list[Inputs], list[Inputs], str]:
+    """Split calibration samples into ``(calibrate_on, measure_on, note)``: a quarter (at least 2) held back to
+    measure candidates on inputs their calibration never saw. With fewer than ``minimum`` samples all are used for
+    both, and the note says so."""
+    samples = list(samples)
+    if len(samples) < minimum:
+        return samples, samples, (f"int8 candidates measured on the {len(samples)} calibration samples themselves "
+                                  f"(fewer than {minimum}: none held back)")
+    k = max(2, round(len(samples) * hold_back))
+    return samples[:-k], samples[-k:], f"int8 candidates measured on {k} calibration samples held back from calibration"
 
 
 def reference_outputs(module: Callable, samples: Sequence[Inputs]) -> list[np.ndarray]:
@@ -351,37 +404,99 @@ def runtime_sqnr(path, samples: Sequence[Inputs], reference: Sequence[np.ndarray
     return sqnr_db(reference, got)
 
 
-def tried_note(tried: dict[str, float], kept: str) -> str:
-    return ("int8 recipes tried (SQNR on the calibration inputs, dB): "
-            + ", ".join(f"{k} {v:g}" for k, v in tried.items()) + f"; kept {kept}")
+def runtime_latency(paths: Sequence, sample: Inputs, rounds: int = 3, runs: int = 10) -> list[float]:
+    """Median ms per run of each artifact in its own runtime on one thread, measured together: ``rounds``
+    alternating rounds of ``runs`` runs each (one warm-up first), so a busy machine slows all of them alike."""
+    import statistics
+    import time
+
+    from edgeship_runtime import open_runtime
+
+    feeds = [t.numpy() for t in sample]
+    rts = [open_runtime(p, threads=1) for p in paths]
+    for rt in rts:
+        rt.run(feeds)
+    times: list[list[float]] = [[] for _ in rts]
+    for _ in range(rounds):
+        for k, rt in enumerate(rts):
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                rt.run(feeds)
+                times[k].append(1000 * (time.perf_counter() - t0))
+    return [statistics.median(t) for t in times]
+
+
+def choice_note(choice: "Choice") -> str:
+    """What :func:`choose` tried and why it kept what it kept, for the artifact's notes."""
+    parts = []
+    for label, db in choice.tried.items():
+        ms = choice.latency_ms.get(label)
+        parts.append(f"{label} {'failed' if db == float('-inf') else f'{db:g} dB'}" + (f" {ms:.3g} ms" if ms else ""))
+    return f"int8 recipes tried (SQNR on held-back calibration samples): {', '.join(parts)}; kept {choice.label} ({choice.why})"
 
 
 def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Callable[[], Any],
                   make_quantizer: Callable[[Any], Any], samples: Sequence[Inputs], *,
                   observers: Sequence[str] = OBSERVERS, target_db: float = TARGET_DB,
-                  fold_quantize: bool = True, keep_float: Collection[str] = ()) -> PT2EResult:
-    """Static int8 with a backend's PT2E quantizer, measured: tries the activation ``observers`` in order and stops
-    at the first whose quantized graph keeps ``target_db`` SQNR on the calibration inputs; otherwise keeps the best.
+                  fold_quantize: bool = True, keep_float: Collection[str] = (), equalize: bool = True,
+                  calibrated_on_data: bool = True) -> PT2EResult:
+    """Static int8 with a backend's PT2E quantizer, measured (:func:`choose`): the activation ``observers`` in order,
+    then, when none meets ``target_db`` on held-back calibration samples, each again on the cross-layer-equalized
+    graph (compress.equalize; exact in float). The most faithful is kept when none meets it.
 
     ``make_config()`` returns the backend's ``QuantizationConfig`` (per-channel symmetric weights);
     ``make_quantizer(config)`` returns the backend's quantizer with that config set globally. The layers in
     ``keep_float`` (module names) stay float (:func:`select_layers`)."""
-    reference = _outputs(module, samples)
+    calibrate_on, measure_on, held_note = split_calibration(samples)
+    reference = _outputs(module, measure_on)
     quantizer = lambda c: select_layers(make_quantizer(c), keep_float)  # noqa: E731 - as is when keep_float is empty
     exported = export_graph(module, example_args)
-    candidates = [(o, (lambda o=o: prepare_calibrate_convert(module, example_args, make_config, quantizer,
-                                                              samples, o, fold_quantize, exported)))
-                  for o in observers]
-    converted, observer, tried = pick_best(candidates, lambda gm: sqnr_db(reference, _outputs(gm, samples)), target_db)
-    s = tried[observer]
+    graphs: dict[str, torch.fx.GraphModule] = {"": exported}
+    eq_notes: list[str] = []
+
+    def equalized() -> torch.fx.GraphModule:
+        if "cle" not in graphs:
+            from .equalize import equalized_copy
+            graphs["cle"], report = equalized_copy(exported)
+            eq_notes.append(report.note())
+        return graphs["cle"]
+
+    def make(observer: str, cle: bool):
+        return lambda: prepare_calibrate_convert(module, example_args, make_config, quantizer, calibrate_on, observer,
+                                                 fold_quantize, equalized() if cle else exported)
+
+    candidates = [Candidate(f"{o} observer", make(o, False), round=k) for k, o in enumerate(observers)]
+    if equalize and not any(c.is_dynamic for c in _activation_specs(make_config())):
+        candidates += [Candidate(f"cross-layer equalized, {o} observer", make(o, True), round=len(observers))
+                       for o in observers]
+    choice = choose(candidates, lambda gm: sqnr_db(reference, _outputs(gm, measure_on)), target_db=target_db)
+    observer = choice.label.split(", ")[-1].removesuffix(" observer")
     notes = [f"static int8: per-channel symmetric int8 weights, per-tensor int8 activations ({observer} observer)"]
-    if len(tried) > 1:
-        notes.append(tried_note({f"{k} observer": v for k, v in tried.items()}, f"{observer} observer"))
-    if s < target_db:
-        notes.append(low_sqnr_note(s, target_db))
-    return PT2EResult(converted, observer, s, tried, notes, graph_layer_precisions(converted))
+    if choice.label.startswith("cross-layer"):
+        notes += eq_notes
+    notes.append(held_note)
+    if len(choice.tried) > 1:
+        notes.append(choice_note(choice))
+    if choice.sqnr_db < target_db:
+        notes.append(low_sqnr_note(choice, calibrated_on_data=calibrated_on_data))
+    return PT2EResult(choice.made, observer, choice.sqnr_db, choice.tried, notes,
+                      graph_layer_precisions(choice.made), choice.label)
 
 
-def low_sqnr_note(s: float, target_db: float = TARGET_DB) -> str:
-    return (f"int8 keeps only {s:.1f} dB SQNR on the calibration inputs (target {target_db:g} dB): "
-            "try real calibration data, more samples, or another format's int8")
+def _activation_specs(config) -> list:
+    return [s for s in (getattr(config, "input_activation", None), getattr(config, "output_activation", None)) if s]
+
+
+def low_sqnr_note(choice: "Choice", calibrated_on_data: bool = True) -> str:
+    """An honest hint when the most faithful int8 recipe still misses the target: what it kept and what is left to
+    try, true to the case (real data only when the calibration was random)."""
+    nexts = []
+    if not calibrated_on_data:
+        nexts.append("calibrate on real inputs (--calib DATA)")
+    nexts += ["keep the most sensitive layers in float (--max-accuracy-drop N with labelled --eval picks them; "
+              "--keep-float LAYER,... names them)",
+              "quantization-aware training (edgeship compress with a qat: stage)",
+              "fp16 (half the size, float accuracy)"]
+    return (f"int8 keeps only {choice.sqnr_db:.1f} dB SQNR on held-back calibration samples (target "
+            f"{TARGET_DB:g} dB) after {len(choice.tried)} recipe{'s' if len(choice.tried) > 1 else ''} "
+            f"({', '.join(choice.tried)}); next: " + "; ".join(nexts))

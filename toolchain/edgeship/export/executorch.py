@@ -60,7 +60,8 @@ class ExecuTorchExporter:
             if quant is not None and quant.keep_float:
                 notes += layers_note(quant.keep_float, layers)
             details["observer"] = "dynamic" if why is not None else pt2e.observer
-            details["calibration_sqnr_db"] = pt2e.tried
+            details["recipe"] = pt2e.recipe
+            details["candidates_sqnr_db"] = pt2e.tried
             if any(k in details["portable_ops"] for k in ("quantize_per_tensor", "dequantize_per_tensor",
                                                          "quantize_per_channel", "dequantize_per_channel")):
                 notes.append("some quantize/dequantize ops stayed outside XNNPACK (portable kernels)")
@@ -89,7 +90,7 @@ def _quantize(spec: ModelSpec, calib, quant=None, dynamic_why: str | None = None
                            lambda: get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic),
                            lambda config: XNNPACKQuantizer().set_global(config), samples,
                            observers=("minmax",) if dynamic else OBSERVERS,   # no activation observer when dynamic
-                           keep_float=quant.keep_float if quant is not None else ())
+                           keep_float=quant.keep_float if quant is not None else (), calibrated_on_data=calib is not None)
     if dynamic:
         result.notes[0] = (f"dynamic int8 (XNNPACK quantizer, dynamic; {dynamic_why}): per-channel symmetric int8 weights, "
                            "activations quantized per inference (XNNPACK QD8 kernels), float32 I/O")

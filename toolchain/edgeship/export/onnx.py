@@ -1,8 +1,10 @@
 """ONNX: torch.onnx (dynamo) -> onnx.checker -> optional onnxslim; runs in onnxruntime.
 
 int8: onnxruntime.quantization on the fp32 graph (after ``quant_pre_process``). Float inputs: static QDQ with
-per-channel int8 weights and uint8 activations (U8S8: the x86 fast path), calibrated (min/max first; percentile and entropy calibration when
-min/max misses the SQNR target, measured in onnxruntime). Integer inputs (token ids, transformer-style): dynamic
+per-channel int8 weights, chosen per model by measurement (compress.quantize.choose: fidelity first, then speed)
+between int8 activations with 8-bit weights (S8S8, onnxruntime's default) and uint8 activations with 7-bit weights
+(U8S8 reduce_range, which x86 kernels without VNNI need to avoid saturation), min/max calibration first, percentile
+and entropy when neither meets the SQNR target in onnxruntime. Integer inputs (token ids, transformer-style): dynamic
 quantization instead (int8 weights, activations quantized at run time), which measured 40 dB where static QDQ kept
 only 19.5-20 dB on the tiny transformer. ``dynamic-int8`` asks for the dynamic recipe on any model.
 """
@@ -20,6 +22,11 @@ from . import Exported, artifact_name, require
 
 log = logging.getLogger(__name__)
 OPSET = 20
+# Activation types tried for static int8 (S8S8: int8 activations, 8-bit weights; U8S8: uint8 activations and 7-bit
+# weights). On the digits CNN without VNNI (AVX2), 8-bit weights saturated onnxruntime's u8s8 kernels (14.0 dB;
+# 31.8 dB with 7-bit); on the pretrained PP-OCR direction classifier on AVX-512 VNNI, U8S8 7-bit kept 16.4 dB and S8S8
+# 26.2 dB. Which is right depends on the model and the CPU, so both are measured (bench/fidelity.md).
+ACTIVATIONS = ("S8S8", "U8S8")
 INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                       "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul"})
 
@@ -76,8 +83,9 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
                                          quantize_dynamic, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..compress.quantize import (TARGET_DB, calibration_inputs, dynamic_reason, low_sqnr_note, pick_best,
-                                     reference_outputs, runtime_sqnr, tried_note)
+    from ..compress.quantize import (TARGET_DB, Candidate, calibration_inputs, choice_note, choose, dynamic_reason,
+                                     low_sqnr_note, reference_outputs, runtime_latency, runtime_sqnr,
+                                     split_calibration)
 
     why = dynamic_reason(spec, precision)
     dynamic = why is not None
@@ -107,9 +115,9 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
             made = onnx.load(str(out))
         else:
             samples, cnotes = calibration_inputs(spec, calib)
-            notes += cnotes
+            samples, measure_on, held_note = split_calibration(samples)
+            notes += cnotes + [held_note]
             names = [i.name for i in model.graph.input]
-            measure_on = samples[:8]
             reference = reference_outputs(spec.module, measure_on)
 
             class Reader(CalibrationDataReader):
@@ -119,32 +127,34 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
                 def get_next(self):
                     return next(self.rows, None)
 
-            def static(method):
+            def static(method, activations):
                 def make() -> Path:
-                    out = Path(tmp) / f"static-{method.name}.onnx"
-                    # reduce_range (7-bit weights): onnxruntime's x86 int8 kernels without VNNI (AVX2) saturate
-                    # with full 8-bit weights. Measured on the digits demo CNN: 14.0 dB -> 31.8 dB SQNR.
-                    # uint8 activations (U8S8), onnxruntime's x86 format: with int8 activations (S8S8) its graph
-                    # optimizer left 15 of MobileNetV2's 52 convs as DequantizeLinear -> float Conv ->
-                    # QuantizeLinear, the residual Adds in float and 32 layout Transposes; with uint8 every conv
-                    # becomes QLinearConv and every Add QLinearAdd (2 Transposes), the same 48 dB SQNR.
+                    out = Path(tmp) / f"static-{method.name}-{activations}.onnx"
                     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                    calibrate_method=method, reduce_range=True, nodes_to_exclude=exclude)
+                                    activation_type=QuantType.QUInt8 if activations == "U8S8" else QuantType.QInt8,
+                                    weight_type=QuantType.QInt8,
+                                    calibrate_method=method, reduce_range=activations == "U8S8",
+                                    nodes_to_exclude=exclude)
                     return out
                 return make
 
             methods = (CalibrationMethod.MinMax, CalibrationMethod.Percentile, CalibrationMethod.Entropy)
-            path, kept, tried = pick_best([(m.name.lower(), static(m)) for m in methods],
-                                          lambda p: runtime_sqnr(p, measure_on, reference))
-            notes.append(f"static int8 (onnxruntime quantize_static, QDQ): per-channel 7-bit (reduce_range) int8 weights, per-tensor uint8 "
-                         f"activations ({kept} calibration), float32 I/O")
-            if len(tried) > 1:
-                notes.append(tried_note(tried, kept))
-            if tried[kept] < TARGET_DB:
-                notes.append(low_sqnr_note(tried[kept]))
-            details |= {"quantizer": "onnxruntime quantize_static (QDQ)", "calibration": kept,
-                        "calibration_sqnr_db": tried, "calibration_samples": len(samples)}
+            candidates = [Candidate(f"{a} {m.name.lower()}", static(m, a), round=r)
+                          for r, m in enumerate(methods) for a in ACTIVATIONS]
+            choice = choose(candidates, lambda p: runtime_sqnr(p, measure_on, reference),
+                            speed=lambda paths: runtime_latency(paths, measure_on[0]))
+            path, kept = choice.made, choice.label
+            acts, method = kept.split()
+            notes.append(f"static int8 (onnxruntime quantize_static, QDQ): per-channel "
+                         f"{'7-bit (reduce_range)' if acts == 'U8S8' else '8-bit'} int8 weights, per-tensor "
+                         f"{'uint8' if acts == 'U8S8' else 'int8'} activations ({method} calibration), float32 I/O")
+            notes.append(choice_note(choice))
+            if choice.sqnr_db < TARGET_DB:
+                notes.append(low_sqnr_note(choice, calibrated_on_data=calib is not None))
+            details |= {"quantizer": "onnxruntime quantize_static (QDQ)", "recipe": kept, "calibration": method,
+                        "activations": acts, "candidates_sqnr_db": choice.tried,
+                        "candidates_latency_ms": choice.latency_ms, "calibration_samples": len(samples),
+                        "measured_on_samples": len(measure_on)}
             made = onnx.load(str(path))
     from ..compress.quantize import layer_details, layers_note
     layers = layer_precisions(onnx, made, spec.module, scopes)

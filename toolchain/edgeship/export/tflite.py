@@ -28,7 +28,6 @@ FP16_RECIPE = [{
     "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"}, "compute_precision": "FLOAT",
                   "explicit_dequantize": True},
 }]
-MEASURE_SAMPLES = 8   # calibration inputs the interpreter runs to measure an int8 candidate
 
 
 class TFLiteExporter:
@@ -98,11 +97,11 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path, keep=frozenset
     """Full-integer static int8 into ``tmp``: PT2E first; ai-edge-quantizer static when PT2E misses the target.
     The layers in ``keep`` stay float in both (PT2E: compress.quantize.select_layers; ai-edge-quantizer:
     no_quantize entries, see :func:`keep_float_recipe`)."""
-    from ..compress.quantize import (TARGET_DB, calibration_inputs, low_sqnr_note, pick_best, quantize_pt2e,
-                                     reference_outputs, runtime_sqnr, tried_note)
+    from ..compress.quantize import (TARGET_DB, Candidate, calibration_inputs, choice_note, choose, low_sqnr_note,
+                                     quantize_pt2e, reference_outputs, runtime_sqnr, split_calibration)
 
     samples, notes = calibration_inputs(spec, calib)
-    measure_on = samples[:MEASURE_SAMPLES]
+    calibrate_on, measure_on, held_note = split_calibration(samples)
     reference = reference_outputs(spec.module, measure_on)
     work = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=".int8-"))
     made_notes: dict[str, list[str]] = {}
@@ -113,7 +112,7 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path, keep=frozenset
 
         config = lambda: get_symmetric_quantization_config(is_per_channel=True)  # noqa: E731
         res = quantize_pt2e(spec.module, spec.example_inputs(), config, lambda c: PT2EQuantizer().set_global(c),
-                            samples, fold_quantize=False, keep_float=keep)
+                            samples, fold_quantize=False, keep_float=keep, calibrated_on_data=calib is not None)
         out = work / "pt2e.tflite"
         quant = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(config()))
         litert_torch.convert(res.module, spec.example_inputs(), quant_config=quant).export(str(out))
@@ -130,24 +129,26 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path, keep=frozenset
         key, sig = next(iter(it.get_signature_list().items()))
         wanted = it.get_signature_runner(key).get_input_details()
         data = {key: [{name: t.numpy().astype(wanted[name]["dtype"]) for name, t in zip(sig["inputs"], s)}
-                      for s in samples]}
+                      for s in calibrate_on]}
         _apply_recipe(out, keep_float_recipe(recipe.static_wi8_ai8(), out, spec.module, keep), data)
         made_notes["ai-edge-quantizer"] = ["static int8 with ai-edge-quantizer static_wi8_ai8 (int8 weights and "
                                            "activations, min/max calibration)"]
         return out
 
     try:
-        made, kept, tried = pick_best([("pt2e", pt2e), ("ai-edge-quantizer", aeq_static)],
-                                      lambda p: runtime_sqnr(p, measure_on, reference))
-        os.replace(made, tmp)
+        choice = choose([Candidate("pt2e", pt2e), Candidate("ai-edge-quantizer", aeq_static, round=1)],
+                        lambda p: runtime_sqnr(p, measure_on, reference))
+        os.replace(choice.made, tmp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    notes += made_notes[kept]
-    if len(tried) > 1:
-        notes.append(tried_note(tried, kept))
-    if tried[kept] < TARGET_DB:
-        notes.append(low_sqnr_note(tried[kept]))
-    details = {"quantizer": kept, "calibration_sqnr_db": tried, "calibration_samples": len(samples)}
+    kept = choice.label
+    notes += made_notes[kept] + [held_note]
+    if len(choice.tried) > 1:
+        notes.append(choice_note(choice))
+    if choice.sqnr_db < TARGET_DB:
+        notes.append(low_sqnr_note(choice, calibrated_on_data=calib is not None))
+    details = {"quantizer": kept, "candidates_sqnr_db": choice.tried, "calibration_samples": len(calibrate_on),
+               "measured_on_samples": len(measure_on)}
     details |= _inspect(tmp)
     quantized_io = [n for n, dt in details["io_dtypes"].items() if dt in ("int8", "uint8")]
     if quantized_io:
