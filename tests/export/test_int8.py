@@ -345,3 +345,50 @@ def test_tflite_tries_ai_edge_quantizer_when_pt2e_misses_the_target(tmp_path, mo
     out = open_runtime(made.path).run([spec.example_inputs(seed=3)[0].numpy()])[0]
     ref = spec.reference(spec.example_inputs(seed=3))[0].numpy()
     assert quantize.sqnr_db([ref], [out]) > 20.0
+
+
+class _TFSamePads(nn.Module):
+    """TF-style "same" padding written as F.pad before stride-2 depthwise convs (as TF-ported CNNs do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.dw, self.pw = nn.Conv2d(3, 16, 3, 2), nn.Conv2d(16, 16, 3, 2, groups=16), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(nn.functional.pad(x, (0, 1, 0, 1))))
+        return self.pw(torch.relu(self.dw(nn.functional.pad(x, (0, 1, 0, 1)))))
+
+
+def test_constant_pads_are_quantized_with_their_input_not_left_as_float_islands(tmp_path):
+    """Each pad reads a dequantized int8 tensor and its output is quantized with the same scale and zero point, so
+    XNNPACK pads in int8 (export.executorch.partitioner takes int8 pads) instead of in float between conversions."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+
+    from edgeship.export.executorch import partitioner
+    from edgeship.model import ModelSpec
+
+    torch.manual_seed(0)
+    module = _TFSamePads().eval()
+    example = (torch.randn(1, 3, 32, 32),)
+    samples = [(torch.randn(1, 3, 32, 32),) for _ in range(8)]
+    res = quantize.quantize_pt2e(module, example, lambda: get_symmetric_quantization_config(is_per_channel=True),
+                                 lambda c: XNNPACKQuantizer().set_global(c), samples, pads=True)
+    pads = [n for n in res.module.graph.nodes if "pad" in str(n.target)]
+    assert len(pads) == 2
+    for pad in pads:
+        dq, (q,) = pad.args[0], list(pad.users)
+        assert "dequantize" in str(dq.target) and "quantize_per_tensor" in str(q.target)
+        assert tuple(dq.args[1:3]) == tuple(q.args[1:3])     # same scale and zero point: padding 0 is exact
+    from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
+    pad_config = partitioner().target_partitioner_configs["constant_pad_nd.default"]
+    assert ConfigPrecisionType.STATIC_QUANT in pad_config.supported_precision_types()
+    # and the real trip: the pads go into XNNPACK's delegate with the rest, parity holds in ExecuTorch's runtime
+    from edgeship.export.executorch import ExecuTorchExporter
+    from edgeship.model import InputSpec, ModelSpec
+    from edgeship_runtime import open_runtime
+    spec = ModelSpec(module=module, inputs=(InputSpec("x", (1, 3, 32, 32)),), name="tf_same_pads")
+    made = ExecuTorchExporter().export(spec, tmp_path, "int8", calib=samples)
+    assert made.details["portable_nodes"] == 0 and made.details["delegates"] == 1
+    x = torch.randn(1, 3, 32, 32)
+    got = open_runtime(made.path).run([x.numpy()])[0]
+    assert quantize.sqnr_db([module(x).detach().numpy()], [got]) > 25.0

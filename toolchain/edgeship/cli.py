@@ -37,7 +37,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks and
 
 
 def _status_style(status: str) -> str:
-    return {"pass": "green", "ok": "green", "fail": "red", "failed": "red", "not run": "yellow"}.get(status, "white")
+    return {"pass": "green", "ok": "green", "fail": "red", "failed": "red", "not run": "yellow",
+            "inconclusive": "yellow"}.get(status, "white")
 
 
 def _summary(report: dict, title: str) -> Table:

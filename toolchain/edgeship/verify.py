@@ -27,6 +27,13 @@ TOLERANCES: dict[str, tuple[str, float]] = {
 }
 
 
+# A verification that cannot fail is no verification. Below these the PyTorch reference says nothing about the
+# artifact, and the check is "inconclusive" with the reason (never a pass, never a plain fail).
+TINY = 1e-30              # largest |reference| below this: denormal-range values a runtime may flush to zero
+CONSTANT_SPREAD = 1e-6    # outputs that vary across the verification inputs by less than this (relative): constant
+NEGLIGIBLE_SAMPLE = 1e-6  # a sample whose largest |reference| is below this fraction of all samples' largest
+
+
 def tolerance(precision: str) -> tuple[str, float]:
     return TOLERANCES.get(precision, TOLERANCES["int8"])
 
@@ -48,9 +55,32 @@ def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(ref ** 2) / noise))
 
 
+def degenerate_reference(refs: Sequence[Sequence[np.ndarray]]) -> str | None:
+    """Why a PyTorch reference cannot tell a right artifact from a wrong one, or None when it can: all zeros,
+    denormal-range values, or the same outputs for every verification input (a head initialised at zero, logits
+    of 1e-9 that barely depend on the input)."""
+    flat = [np.concatenate([np.asarray(o, np.float64).ravel() for o in ref]) for ref in refs]
+    if not flat or not all(f.size for f in flat):
+        return None
+    peak = max(float(np.max(np.abs(f))) for f in flat)
+    if peak == 0:
+        return "the PyTorch reference is all zeros on every verification input: any artifact would match it"
+    if peak < TINY:
+        return (f"the PyTorch reference's largest magnitude is {peak:.3g}: denormal-range values that runtimes "
+                "may flush to zero (the weights look untrained or badly scaled)")
+    if len(flat) > 1 and len({f.size for f in flat}) == 1:
+        mean = np.mean(flat, axis=0)
+        spread = max(float(np.linalg.norm(f - mean)) for f in flat) / max(float(np.linalg.norm(mean)), peak * 1e-300)
+        if spread < CONSTANT_SPREAD:
+            return (f"the PyTorch reference is the same for all {len(flat)} verification inputs (relative spread "
+                    f"{spread:.2g}): the outputs do not depend on the input, so they cannot show whether the "
+                    "artifact computes the model (an untrained or zero-initialised head?)")
+    return None
+
+
 @dataclass
 class Parity:
-    """The outcome of one artifact's parity check. ``status``: pass | fail | not run."""
+    """The outcome of one artifact's parity check. ``status``: pass | fail | inconclusive | not run."""
 
     status: str
     metric: str
@@ -79,6 +109,8 @@ def compare(refs: Sequence[Sequence[np.ndarray]], gots: Sequence[Sequence[np.nda
         raise ValueError("compare() needs the same non-zero number of reference and artifact samples")
     max_abs, cos_worst, agree = 0.0, 1.0, []
     r_all, g_all = [], []
+    peak = max((float(np.max(np.abs(np.asarray(o, np.float64)))) for ref in refs for o in ref if np.size(o)), default=0.0)
+    negligible = 0   # samples whose reference is ~0 next to the others': their cosine is rounding noise
     for ref, got in zip(refs, gots):
         if len(ref) != len(got):
             return Parity("fail", metric, threshold, samples=len(refs),
@@ -93,17 +125,33 @@ def compare(refs: Sequence[Sequence[np.ndarray]], gots: Sequence[Sequence[np.nda
             if not np.all(np.isfinite(g)):
                 return Parity("fail", metric, threshold, samples=len(refs), reason="artifact output has NaN or inf")
             max_abs = max(max_abs, float(np.max(np.abs(r - g))) if r.size else 0.0)
-            cos_worst = min(cos_worst, cosine(r, g))
             r_all.append(r.ravel())
             g_all.append(g.ravel())
+        sample_peak = max((float(np.max(np.abs(np.asarray(o, np.float64)))) for o in ref if np.size(o)), default=0.0)
+        if sample_peak < NEGLIGIBLE_SAMPLE * peak:
+            negligible += 1
+        else:
+            for r, g in zip(ref, got):
+                cos_worst = min(cos_worst, cosine(np.asarray(r, np.float32), np.asarray(g, np.float32).reshape(np.shape(r))))
         if classifier:
             agree.append(float(np.argmax(ref[0], axis=-1).ravel()[0] == np.argmax(got[0].reshape(ref[0].shape), axis=-1).ravel()[0]))
     s = sqnr_db(np.concatenate(r_all), np.concatenate(g_all))
     value = cos_worst if metric == "cosine" else s
+    top1 = float(np.mean(agree)) if agree else None
+    why = degenerate_reference(refs)
+    if why is not None:
+        return Parity("inconclusive", metric, threshold, value=value, max_abs=max_abs, cosine=cos_worst, sqnr_db=s,
+                      top1_agreement=top1, samples=len(refs),
+                      reason=why + "; verify with inputs where the model's output depends on its input (--verify-data) "
+                                   "or with trained weights")
     ok = value >= threshold
+    reason = None if ok else f"{metric} {value:.6g} is below the {precision} threshold {threshold:g}"
+    if negligible:
+        note = (f"{negligible} of {len(refs)} samples left out of the worst-sample cosine: their reference is below "
+                f"{NEGLIGIBLE_SAMPLE:g} of the largest output (cosine of near-zero vectors is rounding noise)")
+        reason = note if reason is None else f"{reason}; {note}"
     return Parity("pass" if ok else "fail", metric, threshold, value=value, max_abs=max_abs, cosine=cos_worst,
-                  sqnr_db=s, top1_agreement=float(np.mean(agree)) if agree else None, samples=len(refs),
-                  reason=None if ok else f"{metric} {value:.6g} is below the {precision} threshold {threshold:g}")
+                  sqnr_db=s, top1_agreement=top1, samples=len(refs), reason=reason)
 
 
 def not_run(precision: str, reason: str) -> Parity:

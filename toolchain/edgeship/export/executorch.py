@@ -33,7 +33,6 @@ class ExecuTorchExporter:
     def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None, quant=None) -> Exported:
         import torch
         exir = require("executorch.exir", self.extra, "ExecuTorch export")
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / artifact_name(precision, self.suffix)
@@ -51,7 +50,7 @@ class ExecuTorchExporter:
             module = pt2e.module
             notes += pt2e.notes
         ep = torch.export.export(module, args, strict=False)
-        edge = exir.to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        edge = exir.to_edge_transform_and_lower(ep, partitioner=[partitioner()])
         details = delegation(edge.exported_program().graph_module)
         if pt2e is not None:
             from ..compress.quantize import layer_details, layers_note
@@ -90,13 +89,31 @@ def _quantize(spec: ModelSpec, calib, quant=None, dynamic_why: str | None = None
                            lambda: get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic),
                            lambda config: XNNPACKQuantizer().set_global(config), samples,
                            observers=("minmax",) if dynamic else OBSERVERS,   # no activation observer when dynamic
-                           keep_float=quant.keep_float if quant is not None else (), calibrated_on_data=calib is not None)
+                           keep_float=quant.keep_float if quant is not None else (), calibrated_on_data=calib is not None,
+                           pads=True)
     if dynamic:
         result.notes[0] = (f"dynamic int8 (XNNPACK quantizer, dynamic; {dynamic_why}): per-channel symmetric int8 weights, "
                            "activations quantized per inference (XNNPACK QD8 kernels), float32 I/O")
         notes = [n.replace("calibrated on", "measured on") for n in notes if "real data" not in n]
     result.notes[:0] = notes
     return result
+
+
+def partitioner():
+    """XNNPACK's partitioner, also taking int8 constant pads: XNNPACK pads int8 tensors (a copy with the
+    zero point), but ExecuTorch's partitioner config lists constant_pad_nd as fp32 only, so each pad of an int8
+    graph ran as dequantize -> fp32 pad -> quantize (compress.quantize.int8_pads makes them int8; PADS has the figures)."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.generic_node_configs import ConstantPadConfig
+    from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    class Int8ConstantPadConfig(ConstantPadConfig):
+        def supported_precision_types(self):
+            return [ConfigPrecisionType.FP32, ConfigPrecisionType.STATIC_QUANT]
+
+    return XnnpackPartitioner(configs=[Int8ConstantPadConfig if c is ConstantPadConfig else c
+                                       for c in ALL_PARTITIONER_CONFIGS])
 
 
 def lowered_layers(gm) -> dict[str, str]:

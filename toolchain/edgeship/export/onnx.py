@@ -165,7 +165,33 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
     ops = Counter(n.op_type for n in made.graph.node)
     details["int8_ops"] = {k: v for k, v in sorted(ops.items()) if k in INT8_OPS}
     details["float_ops"] = {k: v for k, v in sorted(ops.items()) if k not in INT8_OPS}
+    try:
+        details["runtime_graph"] = runtime_graph(made)
+    except Exception as e:  # noqa: BLE001 - a census only; the artifact is still checked by the parity gate
+        log.warning("could not read onnxruntime's optimized graph: %s", e)
     return made, notes, details
+
+
+def runtime_graph(model) -> dict:
+    """What onnxruntime really runs on this CPU (its optimized graph, 1 thread): the quantize/dequantize ops left
+    (each a conversion between int8 and float at run time), the int8 kernels, and the float compute ops: float
+    islands inside an int8 graph. ``model``: an ONNX ModelProto or a path."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opt = Path(tmp) / "opt.onnx"
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(opt)
+        so.intra_op_num_threads = 1
+        src = model if isinstance(model, (str, Path)) else model.SerializeToString()
+        ort.InferenceSession(str(src) if isinstance(src, Path) else src, so, providers=["CPUExecutionProvider"])
+        ops = Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
+    qdq = {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")}
+    integer = {k: v for k, v in ops.items() if k not in qdq and (k.startswith("Q") or k.endswith("Integer"))}
+    floats = {k: v for k, v in ops.items() if k not in qdq and k not in integer}
+    return {"qdq": dict(sorted(qdq.items())), "int8_kernels": dict(sorted(integer.items())),
+            "float_ops": dict(sorted(floats.items()))}
 
 
 def node_scopes(model, module) -> dict[str, set[str]]:

@@ -229,7 +229,8 @@ def layer_precisions(path: Path, module) -> dict[str, str]:
 
 
 def _inspect(path: Path) -> dict:
-    """I/O dtypes and how many tensors of each dtype the .tflite holds (int8 ones show what really is quantized)."""
+    """I/O dtypes, how many tensors of each dtype the .tflite holds (int8 ones show what really is quantized), and
+    its ops (:func:`runtime_graph`)."""
     from collections import Counter
 
     import numpy as np
@@ -238,4 +239,23 @@ def _inspect(path: Path) -> dict:
     it = Interpreter(model_path=str(path))
     io = {d["name"]: np.dtype(d["dtype"]).name for d in it.get_input_details() + it.get_output_details()}
     dtypes = Counter(np.dtype(d["dtype"]).name for d in it.get_tensor_details())
-    return {"io_dtypes": io, "tensor_dtypes": dict(sorted(dtypes.items()))}
+    return {"io_dtypes": io, "tensor_dtypes": dict(sorted(dtypes.items())), "runtime_graph": runtime_graph(it)}
+
+
+def runtime_graph(interpreter) -> dict:
+    """The ops of a .tflite: QUANTIZE/DEQUANTIZE (conversions between int8 and float at run time) and the compute
+    ops that take float tensors (float islands inside an int8 graph). ``interpreter``: a LiteRT Interpreter or a
+    path."""
+    from collections import Counter
+
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = interpreter if not isinstance(interpreter, (str, Path)) else Interpreter(model_path=str(interpreter))
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    ops = it._get_ops_details()   # noqa: SLF001 - LiteRT's only op listing (also used by its own visualizer)
+    count = Counter(o["op_name"] for o in ops)
+    floats = Counter(o["op_name"] for o in ops if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE") and any(
+        int(i) >= 0 and int(i) in tensors and np.dtype(tensors[int(i)]["dtype"]) == np.float32 for i in o["inputs"]))
+    return {"qdq": {k: count[k] for k in ("QUANTIZE", "DEQUANTIZE") if count[k]},
+            "ops": dict(sorted(count.items())), "float_ops": dict(sorted(floats.items()))}
