@@ -392,3 +392,21 @@ def test_constant_pads_are_quantized_with_their_input_not_left_as_float_islands(
     x = torch.randn(1, 3, 32, 32)
     got = open_runtime(made.path).run([x.numpy()])[0]
     assert quantize.sqnr_db([module(x).detach().numpy()], [got]) > 25.0
+
+
+def test_a_prelu_after_a_linear_lowers_to_executorch(tmp_path):
+    """MTCNN's R-Net and O-Net: PReLU after a dense layer (2-D) made XNNPACK's channels-last pass fail the whole
+    lowering, fp32 included. It now stays outside the delegate and the file runs exactly."""
+    from edgeship.export.executorch import ExecuTorchExporter
+    from edgeship.model import InputSpec, ModelSpec
+    from edgeship_runtime import open_runtime
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 8, 3), nn.PReLU(8), nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.PReLU(16),
+                           nn.Linear(16, 2)).eval()
+    spec = ModelSpec(module=module, inputs=(InputSpec("x", (1, 3, 8, 8)),), name="prelu_dense")
+    made = ExecuTorchExporter().export(spec, tmp_path, "fp32")
+    assert made.details["delegates"] >= 1
+    x = torch.randn(1, 3, 8, 8)
+    got = open_runtime(made.path).run([x.numpy()])[0]
+    assert np.abs(got - module(x).detach().numpy()).max() < 1e-5

@@ -100,11 +100,18 @@ def _quantize(spec: ModelSpec, calib, quant=None, dynamic_why: str | None = None
 
 
 def partitioner():
-    """XNNPACK's partitioner, also taking int8 constant pads: XNNPACK pads int8 tensors (a copy with the
-    zero point), but ExecuTorch's partitioner config lists constant_pad_nd as fp32 only, so each pad of an int8
-    graph ran as dequantize -> fp32 pad -> quantize (compress.quantize.int8_pads makes them int8; PADS has the figures)."""
+    """XNNPACK's partitioner with two fixes, both measured on real networks (bench/fidelity.md):
+
+    * int8 constant pads: XNNPACK pads int8 tensors (a copy with the zero point), but ExecuTorch's config lists
+      constant_pad_nd as fp32 only, so each pad of an int8 graph ran in float between conversions
+      (compress.quantize.int8_pads makes them int8; PADS has the figures).
+    * PReLU only on 4-D tensors: XNNPACK's channels-last pass requires PReLU's input in NHWC, so a PReLU after a
+      Linear (MTCNN's R-Net and O-Net) failed the whole lowering, fp32 included ("Attempting to convert non-NHWC
+      compatible node to NHWC"). Such a PReLU now stays outside the delegate (two portable ops, exact)."""
+    import torch
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
     from executorch.backends.xnnpack.partition.config.generic_node_configs import ConstantPadConfig
+    from executorch.backends.xnnpack.partition.config.node_configs import PreluConfig
     from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
@@ -112,8 +119,13 @@ def partitioner():
         def supported_precision_types(self):
             return [ConfigPrecisionType.FP32, ConfigPrecisionType.STATIC_QUANT]
 
-    return XnnpackPartitioner(configs=[Int8ConstantPadConfig if c is ConstantPadConfig else c
-                                       for c in ALL_PARTITIONER_CONFIGS])
+    class NHWCPreluConfig(PreluConfig):
+        def check_constraints(self, node, ep) -> bool:
+            val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+            return getattr(val, "ndim", 0) == 4 and super().check_constraints(node, ep)
+
+    swap = {ConstantPadConfig: Int8ConstantPadConfig, PreluConfig: NHWCPreluConfig}
+    return XnnpackPartitioner(configs=[swap.get(c, c) for c in ALL_PARTITIONER_CONFIGS])
 
 
 def lowered_layers(gm) -> dict[str, str]:
