@@ -410,3 +410,46 @@ def test_a_prelu_after_a_linear_lowers_to_executorch(tmp_path):
     x = torch.randn(1, 3, 8, 8)
     got = open_runtime(made.path).run([x.numpy()])[0]
     assert np.abs(got - module(x).detach().numpy()).max() < 1e-5
+
+
+class _OutlierFeatures(nn.Module):
+    """A CNN whose 64 pooled features pass through ``expand``, a Linear that copies them and adds a 65th, constant
+    1e4 feature the head ignores: in float nothing changes; in int8 that tensor's scale is set by the outlier and the
+    real features round to zero, whatever the observer or equalization."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 64, 3), nn.ReLU(),
+                                      nn.Conv2d(64, 64, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.expand, self.head = nn.Linear(64, 65), nn.Linear(65, 10)
+        with torch.no_grad():
+            self.expand.weight.zero_()
+            self.expand.weight[:64].copy_(torch.eye(64))
+            self.expand.bias.zero_()
+            self.expand.bias[64] = 1e4
+            self.head.weight[:, 64] = 0
+
+    def forward(self, x):
+        return self.head(self.expand(self.features(x)))
+
+
+def test_automatic_mixed_precision_keeps_the_layer_that_breaks_int8_in_float():
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+
+    torch.manual_seed(0)
+    module = _OutlierFeatures().eval()
+    samples = [(torch.randn(1, 3, 16, 16),) for _ in range(16)]
+    res = quantize.quantize_pt2e(module, samples[0], lambda: get_symmetric_quantization_config(is_per_channel=True),
+                                 lambda c: XNNPACKQuantizer().set_global(c), samples)
+    assert res.tried["histogram observer"] < 10 and res.tried["minmax observer"] < 10   # plain int8 collapses
+    assert res.recipe.startswith("mixed precision") and res.sqnr_db >= 20.0, res.tried
+    floats = {n for n, p in res.layers.items() if p == "float"}
+    assert "expand" in floats and "features.4" not in floats                          # the culprit, not the convs
+    weights = dict(module.named_parameters())
+    share = sum(p.numel() for n, p in weights.items() if n.rsplit(".", 1)[0] in floats) / sum(
+        p.numel() for p in weights.values())
+    assert share <= quantize.MIXED_FLOAT_BUDGET
+    assert any(n.startswith("mixed precision (automatic") and "expand" in n for n in res.notes)
+    held_out = [(torch.randn(1, 3, 16, 16),) for _ in range(4)]
+    ref = quantize.reference_outputs(module, held_out)
+    assert quantize.sqnr_db(ref, quantize.reference_outputs(res.module, held_out)) >= 20.0

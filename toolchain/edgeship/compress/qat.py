@@ -211,10 +211,11 @@ def _outputs(module, args) -> "np.ndarray":
 
 
 def ptq(spec: ModelSpec, samples, make_config: Callable[[bool], Any] = xnnpack_config, keep_float: Collection[str] = ()):
-    """Plain PTQ with XNNPACK's quantizer (what the ExecuTorch exporter does), via compress.quantize."""
+    """Plain PTQ with XNNPACK's quantizer (the ExecuTorch exporter's first recipes, without its remedies: the
+    baseline QAT is compared with), via compress.quantize."""
     from .quantize import quantize_pt2e
     return quantize_pt2e(spec.module, spec.example_inputs(), lambda: make_config(False), _xnnpack_quantizer, samples,
-                         keep_float=keep_float)
+                         keep_float=keep_float, remedies=False)
 
 
 def qat_finetune(spec: ModelSpec, train: DataSource, val: DataSource | None, config: QATConfig | None = None,

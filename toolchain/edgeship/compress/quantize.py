@@ -481,15 +481,18 @@ def choice_note(choice: "Choice") -> str:
 def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Callable[[], Any],
                   make_quantizer: Callable[[Any], Any], samples: Sequence[Inputs], *,
                   observers: Sequence[str] = OBSERVERS, target_db: float = TARGET_DB,
-                  fold_quantize: bool = True, keep_float: Collection[str] = (), equalize: bool = True,
+                  fold_quantize: bool = True, keep_float: Collection[str] = (), remedies: bool = True,
                   calibrated_on_data: bool = True, pads: bool = False) -> PT2EResult:
     """Static int8 with a backend's PT2E quantizer, measured (:func:`choose`): the activation ``observers`` in order,
     then, when none meets ``target_db`` on held-back calibration samples, each again on the cross-layer-equalized
-    graph (compress.equalize; exact in float). The most faithful is kept when none meets it.
+    graph (compress.equalize; exact in float), then automatic mixed precision: the modules whose ops lose most SQNR
+    (:func:`float_ranking`) kept in float, 1, 2, 4, 8, 16 of them, within ``MIXED_FLOAT_BUDGET`` of the weights. The
+    first that meets the target is kept, else the most faithful of all.
 
     ``make_config()`` returns the backend's ``QuantizationConfig`` (per-channel symmetric weights);
     ``make_quantizer(config)`` returns the backend's quantizer with that config set globally. The layers in
-    ``keep_float`` (module names) stay float (:func:`select_layers`); ``pads``: see :func:`int8_pads`."""
+    ``keep_float`` (module names) stay float (:func:`select_layers`); ``pads``: see :func:`int8_pads`;
+    ``remedies=False``: only the observers (plain PTQ, as a baseline)."""
     calibrate_on, measure_on, held_note = split_calibration(samples)
     reference = _outputs(module, measure_on)
     quantizer = lambda c: select_layers(make_quantizer(c), keep_float)  # noqa: E731
@@ -504,19 +507,49 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
             eq_notes.append(report.note())
         return graphs["cle"]
 
-    def make(observer: str, cle: bool):
-        return lambda: prepare_calibrate_convert(module, example_args, make_config, quantizer, calibrate_on, observer,
-                                                 fold_quantize, equalized() if cle else exported, pads)
+    made: dict[str, torch.fx.GraphModule] = {}
 
+    def make(observer: str, cle: bool, keep: Collection[str] = ()):
+        def build():
+            q = (quantizer if not keep else
+                 lambda c: select_layers(make_quantizer(c), frozenset(keep_float) | frozenset(keep)))  # noqa: E731
+            gm = prepare_calibrate_convert(module, example_args, make_config, q, calibrate_on, observer,
+                                           fold_quantize, equalized() if cle else exported, pads)
+            if not cle and not keep:
+                made[observer] = gm   # the plain graphs: where the mixed precision looks for the losses
+            return gm
+        return build
+
+    static = not any(c.is_dynamic for c in _activation_specs(make_config()))
     candidates = [Candidate(f"{o} observer", make(o, False), round=k) for k, o in enumerate(observers)]
-    if equalize and not any(c.is_dynamic for c in _activation_specs(make_config())):
+    if remedies and static:
         candidates += [Candidate(f"cross-layer equalized, {o} observer", make(o, True), round=len(observers))
                        for o in observers]
+    mixed: dict[str, tuple[list[str], float]] = {}
+    if remedies and static:
+        ranking = functools.cache(lambda: float_ranking(module, exported, made[observers[0]],
+                                                        (list(measure_on) + list(calibrate_on))[:RANKING_SAMPLES],
+                                                        frozenset(keep_float)))
+        for k in MIXED_STEPS:
+            def build_mixed(k=k):
+                keep, share = _top_within_budget(ranking(), k)
+                if not keep or any(keep == m[0] for m in mixed.values()):
+                    raise _Skip(f"no new layer set within {MIXED_FLOAT_BUDGET:.0%} of the weights")
+                mixed[f"mixed precision, {k} float"] = (keep, share)
+                return make(observers[0], False, keep)()
+            candidates.append(Candidate(f"mixed precision, {k} float", build_mixed, round=len(observers) + 1 + k))
     choice = choose(candidates, lambda gm: sqnr_db(reference, _outputs(gm, measure_on)), target_db=target_db)
-    observer = choice.label.split(", ")[-1].removesuffix(" observer")
+    choice.tried = {k: v for k, v in choice.tried.items() if not (k.startswith("mixed") and k not in mixed)}
+    observer = choice.label.split(", ")[-1].removesuffix(" observer") if not choice.label.startswith("mixed") \
+        else observers[0]
     notes = [f"static int8: per-channel symmetric int8 weights, per-tensor int8 activations ({observer} observer)"]
     if choice.label.startswith("cross-layer"):
         notes += eq_notes
+    if choice.label in mixed:
+        keep, share = mixed[choice.label]
+        notes.append(f"mixed precision (automatic, the int8 recipes missed {target_db:g} dB): kept in float "
+                     f"{', '.join(keep)} ({share:.1%} of the weights), the ops that lost most SQNR on held-back "
+                     f"calibration samples; {1 - share:.1%} of the weights stay int8")
     notes.append(held_note)
     if len(choice.tried) > 1:
         notes.append(choice_note(choice))
@@ -524,6 +557,82 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
         notes.append(low_sqnr_note(choice, calibrated_on_data=calibrated_on_data))
     return PT2EResult(choice.made, observer, choice.sqnr_db, choice.tried, notes,
                       graph_layer_precisions(choice.made), choice.label)
+
+
+MIXED_STEPS = (1, 2, 4, 8, 16, 32)   # modules kept in float, tried in this order by the automatic mixed precision
+MIXED_FLOAT_BUDGET = 0.10         # at most this share of the weights float (issue #12: >= 90% stay int8)
+RANKING_SAMPLES = 4               # inputs the per-op loss ranking runs (2 missed PP-OCR's head conv, 4 found it)
+
+
+class _Skip(Exception):
+    """A candidate with nothing new to try (choose records it as -inf; quantize_pt2e drops it from the notes)."""
+
+
+def float_ranking(module: torch.nn.Module, exported: torch.fx.GraphModule, converted: torch.fx.GraphModule,
+                  samples: Sequence[Inputs], skip: Collection[str] = ()) -> list[tuple[str, float, float]]:
+    """Where int8 loses most: every op of ``converted`` against the same op (by name) of ``exported`` on
+    ``samples``; an op's loss is the SQNR of its worst input minus the SQNR of its output (dB, inputs capped at
+    60), charged to its module (deepest scope) and to the modules that produced its inputs. Returns ``(module path,
+    loss dB, share of the model's weights)``, worst first."""
+    from torch.fx import Interpreter
+
+    def record(gm, x, ref=None):
+        out: dict[str, Any] = {}
+
+        class Run(Interpreter):
+            def run_node(self, n):
+                r = super().run_node(n)
+                if n.op == "call_function" and isinstance(r, torch.Tensor) and r.is_floating_point():
+                    if ref is None:
+                        out[n.name] = r.detach().to(torch.float32)
+                    elif n.name in ref and ref[n.name].shape == r.shape:
+                        d = (ref[n.name].double() - r.detach().double())
+                        out[n.name] = (float((ref[n.name].double() ** 2).sum()), float((d ** 2).sum()))
+                return r
+        with torch.no_grad():
+            Run(gm).run(*x)
+        return out
+
+    sums: dict[str, list[float]] = {}
+    for x in samples:
+        ref = record(exported, x)
+        for name, (sig, noise) in record(converted, x, ref).items():
+            acc = sums.setdefault(name, [0.0, 0.0])
+            acc[0] += sig
+            acc[1] += noise
+        del ref
+    snr = {k: 10 * np.log10(max(sig, 1e-30) / max(noise, 1e-30)) for k, (sig, noise) in sums.items()}
+    total = sum(p.numel() for p in module.parameters()) or 1
+    weights = {n: sum(p.numel() for p in m.parameters()) / total for n, m in module.named_modules() if n}
+    def owner(node) -> str | None:
+        scopes = [p for p in node_scopes(node) if p in weights]
+        return scopes[-1] if scopes and not covered(scopes[-1:], skip) else None
+
+    losses: dict[str, float] = {}
+    for node in exported.graph.nodes:
+        if node.name not in snr:
+            continue
+        ins = [a for a in node.all_input_nodes if a.name in snr]
+        loss = (min(min(snr[a.name], 60.0) for a in ins) if ins else 60.0) - snr[node.name]
+        # The loss shows at the op, but its cause may be the int8 tensor it reads: that tensor's scale is its
+        # producer's, and keeping only the reader in float leaves it quantized (an outlier feature that the
+        # producer's output carries looks harmless there: it dominates that tensor's SQNR). Both are candidates.
+        for m in {owner(node), *(owner(a) for a in ins)} - {None}:
+            losses[m] = max(losses.get(m, float("-inf")), loss)
+    return sorted(((m, round(l, 2), weights[m]) for m, l in losses.items() if l > 0), key=lambda r: (-r[1], r[0]))
+
+
+def _top_within_budget(ranking: list[tuple[str, float, float]], k: int) -> tuple[list[str], float]:
+    """The ``k`` worst modules of ``ranking`` whose weights together stay within ``MIXED_FLOAT_BUDGET``."""
+    keep, share = [], 0.0
+    for name, _, w in ranking:
+        if len(keep) == k:
+            break
+        if share + w > MIXED_FLOAT_BUDGET or any(covered([name], [k_]) or covered([k_], [name]) for k_ in keep):
+            continue
+        keep.append(name)
+        share += w
+    return keep, share
 
 
 def _activation_specs(config) -> list:
