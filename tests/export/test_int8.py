@@ -453,3 +453,30 @@ def test_automatic_mixed_precision_keeps_the_layer_that_breaks_int8_in_float():
     held_out = [(torch.randn(1, 3, 16, 16),) for _ in range(4)]
     ref = quantize.reference_outputs(module, held_out)
     assert quantize.sqnr_db(ref, quantize.reference_outputs(res.module, held_out)) >= 20.0
+
+
+def _mlprogram(module, shape):
+    import coremltools as ct
+    ep = torch.export.export(module, (torch.randn(*shape),)).run_decompositions({})
+    return ct.convert(ep, convert_to="mlprogram", inputs=[ct.TensorType(name="x", shape=shape)],
+                      compute_precision=ct.precision.FLOAT16, minimum_deployment_target=ct.target.iOS16,
+                      skip_model_load=True)
+
+
+@pytest.mark.parametrize("precision, at_least_db", [("w8", 40.0), ("w6", 30.0), ("w4", 18.0)])
+def test_coreml_compressed_weights_are_checked_in_numpy_without_macos(precision, at_least_db):
+    """Prediction needs macOS, the weights do not: each compressed tensor is decompressed by coremltools' own op
+    and compared with the uncompressed weights (measured on this model: w8 48 dB, w6 36 dB, w4 24 dB)."""
+    from edgeship.export.coreml import compress_weights, weight_fidelity
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10)).eval()
+    before = _mlprogram(module, (1, 3, 8, 8))
+    after, notes, details = compress_weights(before, precision)
+    check = details["decompressed_weights"]
+    assert check["tensors"] == 2 and check["min_db"] >= at_least_db, check
+    assert any(n.startswith("weights checked without macOS") for n in notes)
+    with torch.no_grad():   # the check can fail: other weights, same shapes
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p))
+    assert weight_fidelity(_mlprogram(module, (1, 3, 8, 8)), after)["min_db"] < 3.0
