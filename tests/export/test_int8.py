@@ -297,6 +297,9 @@ def test_choose_keeps_the_most_faithful_when_none_meets_the_target():
                           lambda m: m[1], target_db=20.0)
     assert got.label == "b" and made == ["a", "x", "b", "c"] and got.tried["x"] == float("-inf")
     assert got.sqnr_db == 12.0 and "none met" in got.why
+    tie = quantize.choose(_candidates([], {"a": (0, 9.0), "b": (0, 8.8), "c": (0, 7.0)}), lambda m: m[1],
+                          target_db=20.0, speed=lambda ms: [{"a": 2.0, "b": 1.0}[m[0]] for m in ms])
+    assert tie.label == "b" and set(tie.latency_ms) == {"a", "b"}   # a tie below the target: the faster
     note = quantize.low_sqnr_note(got, calibrated_on_data=False)
     assert "12.0 dB" in note and "a, x, b, c" in note and "--calib" in note and "--keep-float" in note
     assert "--calib" not in quantize.low_sqnr_note(got)   # real data was given: not the advice

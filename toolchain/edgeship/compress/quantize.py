@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_SAMPLES = 32
 OBSERVERS = ("histogram", "minmax")   # activation observers; weights are always per-channel min/max (symmetric)
 SPEED_MARGIN_DB = 3.0                 # choose: the faster recipe wins only within this many dB of the most faithful
+TIE_DB = 0.5                          # ... and, when none meets the target, only within this (a tie)
 TARGET_DB = 20.0                      # verify.TOLERANCES["int8"]: below this a remedy is tried
 RANDOM_CALIB_NOTE = ("calibrated on {n} random inputs of the example distribution (no calibration data given); "
                      "real data (--calib DATA) gives better int8 accuracy")
@@ -417,6 +418,12 @@ def choose(candidates: Sequence[Candidate], measure: Callable[[Any], float], *, 
     if not built:
         raise error  # type: ignore[misc]
     label = max(built, key=lambda k: tried[k])
+    ties = [k for k in built if tried[k] >= tried[label] - TIE_DB]
+    if speed is not None and len(ties) > 1:   # a tie below the target: the faster of equals
+        ms = dict(zip(ties, (round(float(v), 4) for v in speed([built[k] for k in ties]))))
+        label = min(ties, key=lambda k: ms[k])
+        return Choice(built[label], label, tried, ms, why=f"none met {target_db:g} dB; fastest of those within "
+                                                          f"{TIE_DB:g} dB of the most faithful")
     return Choice(built[label], label, tried, why=f"most faithful; none met {target_db:g} dB")
 
 
