@@ -389,8 +389,8 @@ def choose(candidates: Sequence[Candidate], measure: Callable[[Any], float], *, 
     format's own runtime, on calibration samples held back from calibration: :func:`split_calibration`). The first
     round where some candidates meet ``target_db`` ends the search: of those within ``SPEED_MARGIN_DB`` of the most
     faithful, the fastest by ``speed`` (ms of each, measured together) is kept, or the most faithful when there is
-    no ``speed``. When no candidate meets the target,
-    the most faithful of all is kept. A candidate that raises is recorded as -inf (its error logged); if every one
+    no ``speed``. When no candidate meets the target, the most faithful of all is kept (the fastest of those within
+    ``TIE_DB`` of it, given ``speed``). A candidate that raises is recorded as -inf (its error logged); if every one
     raises, the last error propagates."""
     tried: dict[str, float] = {}
     built: dict[str, Any] = {}
@@ -407,24 +407,25 @@ def choose(candidates: Sequence[Candidate], measure: Callable[[Any], float], *, 
                 tried[c.label], error = float("-inf"), e
         meeting = [k for k in built if tried[k] >= target_db]
         if meeting:   # speed only among those close to the most faithful (a tie on the held-back samples)
-            best = max(tried[k] for k in meeting)
-            meeting = [k for k in meeting if tried[k] >= best - SPEED_MARGIN_DB]
-            if speed is None or len(meeting) == 1:
-                label = max(meeting, key=lambda k: tried[k])
-                return Choice(built[label], label, tried, why=f"meets {target_db:g} dB")
-            ms = dict(zip(meeting, (round(float(v), 4) for v in speed([built[k] for k in meeting]))))
-            label = min(meeting, key=lambda k: ms[k])
-            return Choice(built[label], label, tried, ms, why=f"fastest of those meeting {target_db:g} dB")
+            return _keep(meeting, SPEED_MARGIN_DB, built, tried, speed, f"meets {target_db:g} dB",
+                         f"fastest of those meeting {target_db:g} dB")
     if not built:
         raise error  # type: ignore[misc]
-    label = max(built, key=lambda k: tried[k])
-    ties = [k for k in built if tried[k] >= tried[label] - TIE_DB]
-    if speed is not None and len(ties) > 1:   # a tie below the target: the faster of equals
-        ms = dict(zip(ties, (round(float(v), 4) for v in speed([built[k] for k in ties]))))
-        label = min(ties, key=lambda k: ms[k])
-        return Choice(built[label], label, tried, ms, why=f"none met {target_db:g} dB; fastest of those within "
-                                                          f"{TIE_DB:g} dB of the most faithful")
-    return Choice(built[label], label, tried, why=f"most faithful; none met {target_db:g} dB")
+    return _keep(list(built), TIE_DB, built, tried, speed, f"most faithful; none met {target_db:g} dB",
+                 f"none met {target_db:g} dB; fastest of those within {TIE_DB:g} dB of the most faithful")
+
+
+def _keep(labels: list[str], margin_db: float, built: dict, tried: dict[str, float], speed, why_best: str,
+          why_fastest: str) -> Choice:
+    """Of ``labels``, the fastest by ``speed`` among those within ``margin_db`` of the most faithful; the most
+    faithful when there is no ``speed`` or nothing to compare it with."""
+    best = max(labels, key=lambda k: tried[k])
+    close = [k for k in labels if tried[k] >= tried[best] - margin_db]
+    if speed is None or len(close) == 1:
+        return Choice(built[best], best, tried, why=why_best)
+    ms = dict(zip(close, (round(float(v), 4) for v in speed([built[k] for k in close]))))
+    label = min(close, key=lambda k: ms[k])
+    return Choice(built[label], label, tried, ms, why=why_fastest)
 
 
 def split_calibration(samples: Sequence[Inputs], hold_back: float = 0.25, minimum: int = 8
@@ -493,7 +494,7 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
     """Static int8 with a backend's PT2E quantizer, measured (:func:`choose`): the activation ``observers`` in order,
     then, when none meets ``target_db`` on held-back calibration samples, each again on the cross-layer-equalized
     graph (compress.equalize; exact in float), then automatic mixed precision: the modules whose ops lose most SQNR
-    (:func:`float_ranking`) kept in float, 1, 2, 4, 8, 16 of them, within ``MIXED_FLOAT_BUDGET`` of the weights. The
+    (:func:`float_ranking`) kept in float, ``MIXED_STEPS`` of them in turn, within ``MIXED_FLOAT_BUDGET`` of the weights. The
     first that meets the target is kept, else the most faithful of all.
 
     ``make_config()`` returns the backend's ``QuantizationConfig`` (per-channel symmetric weights);
@@ -504,15 +505,11 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
     reference = _outputs(module, measure_on)
     quantizer = lambda c: select_layers(make_quantizer(c), keep_float)  # noqa: E731
     exported = export_graph(module, example_args)
-    graphs: dict[str, torch.fx.GraphModule] = {"": exported}
-    eq_notes: list[str] = []
 
-    def equalized() -> torch.fx.GraphModule:
-        if "cle" not in graphs:
-            from .equalize import equalized_copy
-            graphs["cle"], report = equalized_copy(exported)
-            eq_notes.append(report.note())
-        return graphs["cle"]
+    @functools.cache
+    def equalization():   # (graph, report), made once and only when a remedy round is reached
+        from .equalize import equalized_copy
+        return equalized_copy(exported)
 
     made: dict[str, torch.fx.GraphModule] = {}
 
@@ -521,7 +518,7 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
             q = (quantizer if not keep else
                  lambda c: select_layers(make_quantizer(c), frozenset(keep_float) | frozenset(keep)))  # noqa: E731
             gm = prepare_calibrate_convert(module, example_args, make_config, q, calibrate_on, observer,
-                                           fold_quantize, equalized() if cle else exported, pads)
+                                           fold_quantize, equalization()[0] if cle else exported, pads)
             if not cle and not keep:
                 made[observer] = gm   # the plain graphs: where the mixed precision looks for the losses
             return gm
@@ -529,11 +526,10 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
 
     static = not any(c.is_dynamic for c in _activation_specs(make_config()))
     candidates = [Candidate(f"{o} observer", make(o, False), round=k) for k, o in enumerate(observers)]
+    mixed: dict[str, tuple[list[str], float]] = {}
     if remedies and static:
         candidates += [Candidate(f"cross-layer equalized, {o} observer", make(o, True), round=len(observers))
                        for o in observers]
-    mixed: dict[str, tuple[list[str], float]] = {}
-    if remedies and static:
         ranking = functools.cache(lambda: float_ranking(module, exported, made[observers[0]],
                                                         (list(measure_on) + list(calibrate_on))[:RANKING_SAMPLES],
                                                         frozenset(keep_float)))
@@ -551,7 +547,7 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
         else observers[0]
     notes = [f"static int8: per-channel symmetric int8 weights, per-tensor int8 activations ({observer} observer)"]
     if choice.label.startswith("cross-layer"):
-        notes += eq_notes
+        notes.append(equalization()[1].note())
     if choice.label in mixed:
         keep, share = mixed[choice.label]
         notes.append(f"mixed precision (automatic, the int8 recipes missed {target_db:g} dB): kept in float "
