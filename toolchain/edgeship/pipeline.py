@@ -25,7 +25,7 @@ from . import report as report_mod
 from . import verify
 from ._io import ChildDied, captured_output, run_forked, sha256_path, size_path, write_text_atomic
 from .compress.quantize import QuantOptions
-from .errors import EdgeshipError, Interrupted
+from .errors import EdgeshipError, Interrupted, clip
 from .export import EXPORTERS, Exported, effective_precisions, get_exporter
 from .model import ModelSpec
 from .outdir import claim, staged_folder
@@ -80,23 +80,63 @@ _OP_PATTERNS = [r"(aten[.:]{1,2}[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", r"op(?:erat
                 r"\bnode ([A-Za-z0-9_.]+) \(\1\)"]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")   # terminal colours (torch.onnx's "\x1b[96mThis is step 1/3\x1b[0m")
+_DATA_DEPENDENT = re.compile(r"Could not [^\n]*?data-dependent expression [^\n(]*")
+_CAUSED_BY = re.compile(r"^\s*Caused by:\s*(.+?)\s*$", re.M)
+_WHERE = re.compile(r"^\(?(\S+?):(\d+) in (\w+)\)?$")   # torch.export's "(…/models.py:6 in batched_nms)"
+DATA_DEPENDENT_HINT = ("the model's control flow or output shape depends on its input values (NMS, nonzero, "
+                       "item()), which export cannot trace: return the tensors before that step and do it in the app, "
+                       "or rewrite it with torch.cond / torch._check; --debug shows the converter's log")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions behind it (__cause__, else __context__), innermost first."""
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is s for s in seen):
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen[::-1]
+
+
+def _root_cause(text: str) -> str | None:
+    """The root cause a converter stated in ``text``: a data-dependent guard and where, or a "Caused by:" line."""
+    guard, caused = _DATA_DEPENDENT.search(text), _CAUSED_BY.search(text)
+    what = caused.group(1) if caused else ""
+    where = _WHERE.match(what)
+    if where:   # torch names the user's line, its path cut from the left: keep the file name
+        what = f"at {Path(where.group(1)).name}:{where.group(2)} in {where.group(3)}"
+    if guard:
+        return f"{guard.group(0).strip().rstrip('.')} ({what})" if what else guard.group(0).strip()
+    if where:   # a location alone: say what failed there
+        return f"{next(ln.strip() for ln in text.splitlines() if ln.strip())} ({what})"
+    return what or None
+
+
 def describe_failure(fmt: str, exc: BaseException, output: str = "") -> tuple[str, str | None]:
-    """A one-line reason for a converter failure that names the format and, where it can, the op."""
+    """A one-line reason for a converter failure that names the format and the root cause the converter gave
+    (a data-dependent guard, a "Caused by:" line: in the exception chain, innermost first, or the converter's log),
+    else the op, else the first line of the error it was raised from. Terminal colour codes are removed."""
     if isinstance(exc, EdgeshipError):
         return exc.message, exc.hint
-    text = f"{exc}\n{output}"
-    op = None
-    for pat in _OP_PATTERNS:
-        m = re.search(pat, text)
-        if m:
-            op = m.group(1)
-            break
-    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-    first = first if len(first) <= 300 else first[:297] + "..."
+    chain = _chain(exc)
+    texts = [(type(e).__name__, _ANSI.sub("", str(e))) for e in chain] + [(type(chain[0]).__name__, _ANSI.sub("", output))]
+    for name, text in texts:
+        cause = _root_cause(text)
+        if cause:
+            hint = DATA_DEPENDENT_HINT if "data-dependent" in cause else "--debug shows the converter's log and traceback"
+            return f"the {fmt} converter failed: {name}: {clip(cause, 240)}", hint
+    whole = "\n".join(t for _, t in texts)
+    op = next((m.group(1) for m in (re.search(p, whole) for p in _OP_PATTERNS) if m), None)
+    last = exc   # a wrapper raised "from" the real error (torch.onnx's "Failed to export … step 1/3"): quote that one
+    for _ in chain:
+        last = last.__cause__ or last
+    name, text = type(last).__name__, _ANSI.sub("", str(last))
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    detail = clip(f"{name}: {first}" if first else name, 240)
     others = ", ".join(f for f in EXPORTERS if f != fmt)
     if op:
-        return f"the {fmt} converter cannot handle op {op}: {type(exc).__name__}: {first}", f"the other formats ({others}) may still work; --debug shows the converter's log"
-    return f"the {fmt} converter failed: {type(exc).__name__}: {first}", "--debug shows the converter's log and traceback"
+        return f"the {fmt} converter cannot handle op {op}: {detail}", f"the other formats ({others}) may still work; --debug shows the converter's log"
+    return f"the {fmt} converter failed: {detail}", "--debug shows the converter's log and traceback"
 
 
 def verification_feeds(spec: ModelSpec, samples: int, data: Path | None, real=None) -> tuple[list[tuple], str]:
@@ -163,6 +203,8 @@ def export_artifact(spec: ModelSpec, fmt: str, precision: str, out_dir: Path, ca
             except Exception as e:  # noqa: BLE001 - converter failures become the format's failure reason
                 Interrupted.raise_pending()   # a converter that wrapped Ctrl-C in an error of its own
                 msg, hint = describe_failure(fmt, e, output())
+                # --debug: the traceback joins the converter's log (also from a forked child, whose pickled error has none)
+                log.debug("the %s converter raised (%s):", fmt, precision, exc_info=True)
                 raise EdgeshipError(msg, hint) from e
         if not getattr(exporter, "isolate", False) or getattr(exporter, "converted_in_this_process", False):
             exported = convert()
