@@ -3,10 +3,12 @@ real models, each without a traceback unless --debug."""
 from __future__ import annotations
 
 import json
+import textwrap
 
 import pytest
-from test_cli import run
+from test_cli import assert_clean_error, run
 
+from edgeship.model import KV_CACHE_HINT
 from edgeship.pipeline import DATA_DEPENDENT_HINT
 
 # NMS-like post-processing: how many boxes pass the threshold decides the control flow (line 6), which torch.export
@@ -65,3 +67,79 @@ def test_debug_shows_the_traceback_of_an_executorch_int8_failure(tmp_path):
     assert tb.splitlines()[1] == "Traceback (most recent call last):"
     assert 'detector.py", line 6, in batched_nms' in tb
     assert "torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode: Could not guard" in tb
+
+
+MODELS = '''\
+import torch
+
+
+def helper(n):
+    if n > 2:
+        raise ValueError("checksum mismatch in weights.bin")
+    return torch.nn.Linear(n, n)
+
+
+def build():
+    return helper(3), (torch.randn(1, 3),)
+
+
+class Bad(torch.nn.Module):
+    def forward(self, x):
+        return x @ torch.ones(5, 5)
+
+
+def bad_forward():
+    return Bad(), (torch.randn(1, 3),)
+'''
+
+
+@pytest.mark.parametrize("factory,message", [
+    ("build", "error: the factory models.py:build raised ValueError: checksum mismatch in weights.bin "
+              "(at models.py:6 in helper)\n  hint: --debug shows the whole traceback\n"),
+    ("bad_forward", "error: the model failed on inputs input:1x3:float32: RuntimeError: mat1 and mat2 shapes cannot be "
+                    "multiplied (1x3 and 5x5) (at models.py:16 in forward)\n"),
+])
+def test_an_error_in_the_users_code_names_their_line(tmp_path, factory, message):
+    (tmp_path / "models.py").write_text(MODELS)
+    r = run("export", f"models.py:{factory}", "--formats", "onnx", "--out", "o", cwd=tmp_path)
+    assert_clean_error(r, message)
+    assert "fake_tensor" not in r.stderr   # torch's own log of the failing shape-only pass stays quiet
+    r = run("--debug", "export", f"models.py:{factory}", "--formats", "onnx", "--out", "o", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback (most recent call last):" in r.stderr
+    assert f'models.py", line {message.split("models.py:")[-1].split()[0]}' in r.stderr
+
+
+def test_a_model_file_that_imports_a_broken_torchvision(tmp_path):
+    (tmp_path / "m.py").write_text(textwrap.dedent('''\
+        import torch
+        raise RuntimeError("operator torchvision::nms does not exist")  # what a torchvision for another torch says
+        '''))
+    r = run("export", "m.py:f", "--out", "o", cwd=tmp_path)
+    assert_clean_error(r, "error: importing m.py failed: RuntimeError: operator torchvision::nms does not exist "
+                          "(at m.py:2 in <module>)\n  hint: torchvision does not match this torch: run 'edgeship "
+                          "doctor' for the matching version; --debug shows the whole traceback\n")
+
+
+GPT2 = '''\
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+def gpt2(use_cache=True):
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=64, use_cache=use_cache)
+    return GPT2LMHeadModel(config), (torch.randint(0, 100, (1, 8)),)
+'''
+
+
+@pytest.mark.slow
+def test_a_model_that_returns_its_kv_cache_is_told_use_cache_false(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "gpt.py").write_text(GPT2)
+    r = run("export", "gpt.py:gpt2", "--formats", "onnx", "--out", "o", cwd=tmp_path)
+    key = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
+    assert_clean_error(r, f"error: the model returned its KV cache (a DynamicCache in output {key!r}); exporters need "
+                          f"tensors (or tuples/lists/dicts of them)\n  hint: {KV_CACHE_HINT}\n")
+    assert "check --input" not in r.stderr
+    r = run("export", "gpt.py:gpt2(use_cache=False)", "--formats", "onnx", "--out", "o", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr   # the advice works
+    assert json.loads(r.stdout)["artifacts"][0]["parity"]["status"] == "pass"

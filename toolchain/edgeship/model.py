@@ -6,6 +6,8 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import logging
+import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -101,7 +103,7 @@ class ModelSpec:
             raise
         except Exception as e:  # noqa: BLE001 - any failure here is the user's shapes or model
             given = ", ".join(f"{i.name}:{'x'.join(map(str, i.shape))}:{i.dtype}" for i in self.inputs)
-            raise EdgeshipError(f"the model failed on inputs {given}: {type(e).__name__}: {clip(str(e), 300)}",
+            raise EdgeshipError(f"the model failed on inputs {given}: {raised(e)}",
                                 hint="check --input: the shape and dtype must be what the model's forward() expects") from e
         if not outs:
             raise EdgeshipError("the model's forward() returned no tensors", hint="return a tensor (or a tuple/list/dict of tensors)")
@@ -118,13 +120,21 @@ class ModelSpec:
         return None
 
 
-def flatten_outputs(out: Any) -> list[torch.Tensor]:
+KV_CACHE_HINT = ("pass use_cache=False to the model or its config (e.g. GPT2Config(use_cache=False)), or return only "
+                 "the logits from forward()")
+
+
+def flatten_outputs(out: Any, key: str | None = None) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, (tuple, list)):
-        return [t for o in out for t in flatten_outputs(o)]
+        return [t for o in out for t in flatten_outputs(o, key)]
     if isinstance(out, dict):
-        return [t for o in out.values() for t in flatten_outputs(o)]
+        return [t for k, o in out.items() for t in flatten_outputs(o, k)]
+    if type(out).__name__.endswith("Cache") or key in ("past_key_values", "cache"):   # transformers' DynamicCache & co.
+        where = f" in output {key!r}" if key else ""
+        raise EdgeshipError(f"the model returned its KV cache (a {type(out).__name__}{where}); exporters need tensors "
+                            "(or tuples/lists/dicts of them)", hint=KV_CACHE_HINT)
     raise EdgeshipError(f"the model returned a {type(out).__name__}; exporters need tensors (or tuples/lists/dicts of them)")
 
 
@@ -153,7 +163,7 @@ def _import_file(path: Path):
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001
-        raise EdgeshipError(f"importing {path} failed: {type(e).__name__}: {e}") from e
+        raise EdgeshipError(f"importing {path} failed: {raised(e)}", hint=_import_hint(e)) from e
     finally:
         sys.path.remove(str(path.parent.resolve()))
     return module
@@ -213,6 +223,8 @@ def _resolve(ref: str):
             module = importlib.import_module(target)
         except ImportError as e:
             raise EdgeshipError(f"cannot import module {target!r}: {e}", hint="is the package installed, or did you mean a .py file path?") from e
+        except Exception as e:  # noqa: BLE001 - its module-level code raised: the user's message, not our traceback
+            raise EdgeshipError(f"importing {target} failed: {raised(e)}", hint=_import_hint(e)) from e
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -220,6 +232,35 @@ def _resolve(ref: str):
             raise EdgeshipError(f"{target!r} has no attribute {attr!r}", hint=f"callables there: {', '.join(public[:20]) or 'none'}")
         obj = getattr(obj, part)
     return obj
+
+
+def _user_frame(exc: BaseException) -> str | None:
+    """``file:line in function`` of the last traceback frame in the user's own code: not Python's, not an installed
+    package's, not edgeship's (a model file, a factory, a forward()). None when every frame is someone else's."""
+    import sysconfig
+    import traceback
+    others = {os.path.realpath(p) + os.sep for p in (sysconfig.get_paths()["stdlib"], Path(__file__).parent)}
+    for f in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(f.filename)
+        if not path.is_file() or {"site-packages", "dist-packages"} & set(path.parts):
+            continue
+        real = os.path.realpath(path)
+        if not any(real.startswith(o) for o in others):
+            rel = os.path.relpath(real)
+            return f"{real if rel.startswith('..') else rel}:{f.lineno} in {f.name}"
+    return None
+
+
+def raised(exc: BaseException) -> str:
+    """``ValueError: its message (at models.py:12 in build)``: one short line, where in the user's code it was raised."""
+    where = _user_frame(exc)
+    return f"{type(exc).__name__}: {clip(str(exc), 300)}" + (f" (at {where})" if where else "")
+
+
+def _import_hint(exc: BaseException) -> str:
+    if "torchvision::" in str(exc):   # a torchvision built for another torch (#13): doctor names the matching one
+        return "torchvision does not match this torch: run 'edgeship doctor' for the matching version; --debug shows the whole traceback"
+    return "--debug shows the whole traceback"
 
 
 def seed_everything(seed: int) -> None:
@@ -241,12 +282,12 @@ def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None,
     if inspect.isclass(obj) and issubclass(obj, nn.Module) or (callable(obj) and not isinstance(obj, nn.Module)):
         try:
             obj = obj()
-        except TypeError as e:
-            raise EdgeshipError(f"calling {ref} failed: {e}", hint="the factory must take no required arguments, or "
-                                "get them in MODEL: " + _CALL_HINT) from e
-        except Exception as e:  # noqa: BLE001 - the user's factory raised: its message, not our traceback
-            raise EdgeshipError(f"the factory {ref} raised {type(e).__name__}: {clip(str(e), 300)}",
-                                hint="run the factory in Python to see its traceback (or add --debug)") from e
+        except Exception as e:  # noqa: BLE001 - the user's factory raised: its message and line, not our traceback
+            if isinstance(e, TypeError) and _user_frame(e) is None:   # the call itself: required arguments missing
+                raise EdgeshipError(f"calling {ref} failed: {e}", hint="the factory must take no required arguments, "
+                                    "or get them in MODEL: " + _CALL_HINT) from e
+            raise EdgeshipError(f"the factory {ref} raised {raised(e)}",
+                                hint="--debug shows the whole traceback") from e
     default_name = re.sub(r"[^A-Za-z0-9_-]+", "_", split_call(ref)[0].rsplit(":", 1)[-1]) or "model"
     if isinstance(obj, ModelSpec):
         spec = obj
@@ -287,12 +328,16 @@ def activation_bytes(spec: ModelSpec) -> int | None:
         sizes.extend(t.numel() * t.element_size() for t in flatten_outputs(out) if isinstance(t, torch.Tensor))
     leaves = [m for m in spec.module.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")   # logs a 30-line traceback of a failing forward()
+    level = fake_log.level
+    fake_log.setLevel(logging.CRITICAL + 1)
     try:
         with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
             spec.module(*(torch.empty(i.shape, dtype=DTYPES[i.dtype]) for i in spec.inputs))   # fake: no memory
     except Exception:  # noqa: BLE001 - an op fake tensors cannot run: the real run checks the model instead
         return None
     finally:
+        fake_log.setLevel(level)
         for h in handles:
             h.remove()
     inputs = sum(int(torch.Size(i.shape).numel()) * DTYPES[i.dtype].itemsize for i in spec.inputs)
