@@ -143,3 +143,58 @@ def test_a_model_that_returns_its_kv_cache_is_told_use_cache_false(tmp_path):
     r = run("export", "gpt.py:gpt2(use_cache=False)", "--formats", "onnx", "--out", "o", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr   # the advice works
     assert json.loads(r.stdout)["artifacts"][0]["parity"]["status"] == "pass"
+
+
+# torchvision (#13 point 7): PyPI's only torchvision for torch 2.13 is a CUDA build, and next to the CPU torch its
+# import fails. torchvision is not installed in this venv: a stand-in package on sys.path (its dist-info gives the
+# version) fails the way the real one does, or imports.
+NMS_MISSING = "operator torchvision::nms does not exist"
+CPU_FIX = ("pip install --force-reinstall --no-deps 'torchvision==0.28.*' --index-url https://download.pytorch.org/whl/cpu, "
+           "or pip uninstall torchvision if no model of yours needs it (edgeship itself never imports it)")
+
+
+def fake_torchvision(where, version: str, error: str | None = None):
+    (where / "torchvision").mkdir(parents=True)
+    (where / "torchvision" / "__init__.py").write_text(f"raise RuntimeError({error!r})\n" if error else "")
+    (where / f"torchvision-{version}.dist-info").mkdir()
+    (where / f"torchvision-{version}.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torchvision\nVersion: {version}\n")
+    return where
+
+
+@pytest.mark.parametrize("torchvision,torch,error,problem,index", [
+    ("0.28.0", "2.13.0+cpu", None, None, None),
+    ("0.28.0", "2.13.0+cpu", NMS_MISSING, f"import torchvision fails: RuntimeError: {NMS_MISSING}", "cpu"),
+    ("0.27.1", "2.13.0+cpu", None, "torchvision 0.27.1 is not built for torch 2.13.0+cpu (that is torchvision 0.28.x)", "cpu"),
+    ("0.28.0+cpu", "2.13.0+cu126", None, "torchvision 0.28.0+cpu and torch 2.13.0+cu126 are different builds", "cu126"),
+])
+def test_doctor_torchvision_logic(tmp_path, monkeypatch, torchvision, torch, error, problem, index):
+    import sys
+
+    import edgeship.doctor as doctor
+    assert doctor._version("torchvision") is None and doctor.check_torchvision() is None   # edgeship never needs it
+    monkeypatch.syspath_prepend(str(fake_torchvision(tmp_path, torchvision, error)))
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda p: torch if p == "torch" else real(p))
+    try:
+        got = doctor.check_torchvision()
+    finally:
+        sys.modules.pop("torchvision", None)
+    fix = CPU_FIX.replace("/whl/cpu", f"/whl/{index}") if problem else None
+    assert got == {"version": torchvision, "ok": problem is None, "problem": problem, "fix": fix}
+
+
+def test_doctor_command_names_the_torchvision_fix(tmp_path):
+    import os
+    import subprocess
+    import sys
+    r = run("doctor", "--json")   # the real command on this machine's packages
+    assert r.returncode == 0, r.stderr
+    from edgeship.doctor import check_torchvision
+    assert json.loads(r.stdout)["torchvision"] == check_torchvision()
+    env = os.environ | {"PYTHONPATH": str(fake_torchvision(tmp_path, "0.28.0", NMS_MISSING))}
+    r = subprocess.run([sys.executable, "-m", "edgeship.cli", "doctor"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    from importlib.metadata import version
+    build = version("torch").partition("+")[2]   # pinned at 2.13.0; "cpu" from make setup
+    fix = CPU_FIX.replace(" --index-url https://download.pytorch.org/whl/cpu", f" --index-url https://download.pytorch.org/whl/{build}" if build else "")
+    assert f"torchvision 0.28.0: import torchvision fails: RuntimeError: {NMS_MISSING}\n  fix: {fix}\n" in r.stdout

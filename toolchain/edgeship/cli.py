@@ -358,6 +358,12 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
                   "[green]yes[/]" if r["run"] else f"[yellow]no[/]: {escape(r['run_reason'])}", r["versions"])
     console.print(t)
     console.print(f"python {rows['python']} on {rows['platform']}")
+    tv = rows["torchvision"]
+    if tv and not tv["ok"]:
+        console.print(f"[red]torchvision {escape(tv['version'])}[/]: {escape(tv['problem'])}\n  [yellow]fix:[/] {escape(tv['fix'])}",
+                      soft_wrap=True)
+    elif tv:
+        console.print(f"torchvision {escape(tv['version'])}: matches torch {escape(rows['torch'])}")
 
 
 @app.command()

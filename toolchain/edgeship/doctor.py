@@ -1,9 +1,12 @@
 """`edgeship doctor`: which formats can export and run here, and why not."""
 from __future__ import annotations
 
+import importlib
 import platform
+import re
 from importlib import metadata
 
+from .errors import clip
 from .export import EXPORTERS, available
 
 RUNTIME_PACKAGES = {"onnx": ["onnxruntime"], "tflite": ["ai-edge-litert", "tflite-runtime"],
@@ -32,6 +35,39 @@ def runtime_available(fmt: str) -> tuple[bool, str | None]:
     return True, None
 
 
+def matching_torchvision(torch_version: str) -> str | None:
+    """The torchvision release series built for ``torch_version``: torch 2.N pairs with torchvision 0.(N+15)."""
+    m = re.match(r"2\.(\d+)", torch_version or "")
+    return f"0.{int(m.group(1)) + 15}" if m else None
+
+
+def check_torchvision() -> dict | None:
+    """torchvision next to this torch: None when it is not installed (edgeship never needs it), else whether it
+    imports and matches, and the pip command that fixes it. A build for another torch (PyPI's only torchvision for
+    torch 2.13 is a CUDA build) fails at import with 'operator torchvision::nms does not exist' (#13)."""
+    have, torch_v = _version("torchvision"), _version("torch") or ""
+    if have is None:
+        return None
+    want = matching_torchvision(torch_v)
+    local = torch_v.partition("+")[2]              # "cpu", "cu121", or "" (PyPI's default build)
+    problem = None
+    try:
+        importlib.import_module("torchvision")
+    except Exception as e:  # noqa: BLE001 - any failure to import is the finding
+        problem = f"import torchvision fails: {type(e).__name__}: {clip(str(e), 160)}"
+    if problem is None and want and not re.match(re.escape(want) + r"(\.|$)", have):
+        problem = f"torchvision {have} is not built for torch {torch_v} (that is torchvision {want}.x)"
+    elif problem is None and "+" in have and have.partition("+")[2] != local:
+        problem = f"torchvision {have} and torch {torch_v} are different builds"
+    fix = None
+    if problem:
+        index = f" --index-url https://download.pytorch.org/whl/{local}" if local else ""
+        pin = f"=={want}.*" if want else ""
+        fix = (f"pip install --force-reinstall --no-deps 'torchvision{pin}'{index}, or pip uninstall torchvision "
+               "if no model of yours needs it (edgeship itself never imports it)")
+    return {"version": have, "ok": problem is None, "problem": problem, "fix": fix}
+
+
 def diagnose() -> dict:
     rows = []
     for fmt in EXPORTERS:
@@ -42,4 +78,4 @@ def diagnose() -> dict:
         rows.append({"format": fmt, "export": ok, "export_reason": reason, "run": run_ok, "run_reason": run_reason,
                      "versions": versions or "—"})
     return {"formats": rows, "python": platform.python_version(), "platform": platform.platform(),
-            "torch": _version("torch")}
+            "torch": _version("torch"), "torchvision": check_torchvision()}
