@@ -15,7 +15,7 @@ from edgeship._io import sha256_path
 from edgeship.examples import EXAMPLES
 from edgeship.export import EXPORTERS, effective_precisions, get_exporter
 from edgeship.pipeline import ExportOptions, run_export
-from edgeship.verify import TOLERANCES
+from edgeship.verify import tolerance
 
 MODELS = ("tiny_cnn", "tiny_transformer", "tiny_lstm")
 PRECISIONS = ("fp32", "fp16")
@@ -59,7 +59,7 @@ def test_export_runs_in_its_runtime_within_tolerance(exported, model, fmt, preci
     path = out / art["path"]
     assert path.exists() and art["size_bytes"] > 1000
     parity = art["parity"]
-    metric, threshold = TOLERANCES[art["precision"]]
+    metric, threshold = tolerance(art["precision"])
     assert parity["metric"] == metric and parity["threshold"] == threshold
     if fmt == "coreml" and platform.system() != "Darwin":
         assert parity["status"] == "not run" and "macOS" in parity["reason"]

@@ -20,7 +20,7 @@ from edgeship.compress import quantize
 from edgeship.errors import EdgeshipError
 from edgeship.examples import EXAMPLES
 from edgeship.pipeline import ExportOptions, run_export
-from edgeship.verify import TOLERANCES
+from edgeship.verify import tolerance
 
 INT8_FORMATS = ("onnx", "tflite", "executorch")
 MODELS = ("tiny_cnn", "tiny_transformer")
@@ -80,7 +80,7 @@ def test_int8_runs_in_its_runtime_within_tolerance(exported, model, fmt):
     art = _art(report, f"{fmt}:int8")
     assert art["status"] == "ok", f"{art['key']} failed: {art.get('error')}"
     parity = art["parity"]
-    assert (parity["metric"], parity["threshold"]) == TOLERANCES["int8"] == ("sqnr_db", 20.0)
+    assert (parity["metric"], parity["threshold"]) == tolerance("int8") == ("sqnr_db", 20.0)
     assert parity["runtime"] == RUNTIMES[fmt]
     assert parity["samples"] == 5
     # every format reaches 20 dB on both models (measured 33-50 dB); a miss would be reported as a fail with its SQNR
@@ -229,7 +229,7 @@ def test_dynamic_int8_for_a_transformer(exported):
     for fmt in ("onnx", "tflite"):
         art = _art(report, f"{fmt}:dynamic-int8")
         assert art["status"] == "ok", art.get("error")
-        assert (art["parity"]["metric"], art["parity"]["threshold"]) == TOLERANCES["dynamic-int8"] == ("sqnr_db", 20.0)
+        assert (art["parity"]["metric"], art["parity"]["threshold"]) == tolerance("dynamic-int8") == ("sqnr_db", 20.0)
         assert art["parity"]["status"] == "pass", art["parity"]
         # the embedding is int8 too: measured 0.30 (onnx) and 0.28 (tflite) of the fp32 parameter bytes
         assert art["size_bytes"] < 0.35 * _param_bytes("tiny_transformer")

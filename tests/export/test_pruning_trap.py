@@ -31,7 +31,7 @@ def test_parity_gate_catches_pruning_hooks_in_executorch(tmp_path):
     exported, _ = export_artifact(spec, "executorch", "fp32", tmp_path)   # no safety net: the raw exporter
     parity = verify.check_artifact(exported.path, "executorch", "fp32", feeds, refs, classifier=True)
     assert parity.status == "fail", parity
-    assert parity.value < verify.TOLERANCES["fp32"][1]
+    assert parity.value < verify.tolerance("fp32")[1]
 
 
 def test_run_export_makes_pruning_permanent_first(tmp_path):

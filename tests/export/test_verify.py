@@ -68,3 +68,22 @@ def test_export_of_a_model_with_a_zero_head_is_inconclusive_not_pass(tmp_path):
     assert "inconclusive" in proc.stdout and "all zeros" in proc.stdout.replace("\n", " ")
     art = json.loads((out / "report.json").read_text())["artifacts"][0]
     assert art["parity"]["status"] == "inconclusive"
+
+
+def test_every_precision_is_one_typed_scheme_that_carries_its_tolerance():
+    from edgeship.errors import EdgeshipError
+    from edgeship.export import EXPORTERS, get_exporter
+    from edgeship.recipe import QuantizeSection
+
+    for fmt in EXPORTERS:   # every precision an exporter makes is a scheme
+        assert get_exporter(fmt).precisions <= set(verify.SCHEMES), fmt
+    assert {n: s.kind for n, s in verify.SCHEMES.items()} == {
+        "fp32": "float", "fp16": "float", "int8": "static", "dynamic-int8": "dynamic",
+        "w8": "weight-only", "w6": "weight-only", "w4": "weight-only"}
+    assert verify.QUANTIZED == {n for n, s in verify.SCHEMES.items() if s.kind != "float"}
+    assert verify.tolerance("w6") == ("sqnr_db", 15.0) and verify.scheme("w4").bits == 4
+    with pytest.raises(EdgeshipError) as e:
+        verify.scheme("int4")
+    assert "unknown precision 'int4'" in str(e.value) and "fp32, fp16, int8" in e.value.hint
+    with pytest.raises(EdgeshipError):
+        QuantizeSection(precision="int4")

@@ -29,10 +29,9 @@ from .errors import EdgeshipError, Interrupted, clip
 from .export import EXPORTERS, Exported, effective_precisions, get_exporter
 from .model import ModelSpec
 from .outdir import claim, staged_folder
+from .verify import PRECISIONS, QUANTIZED
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8", "w8", "w6", "w4")
-QUANTIZED = frozenset(PRECISIONS) - {"fp32", "fp16"}   # where per-layer options (keep_float) apply
 Event = Callable[[str, str, dict], None]   # (artifact key, stage, info)
 
 

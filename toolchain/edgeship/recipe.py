@@ -128,7 +128,7 @@ class QuantizeSection:
     qat: QATSection | None = None            # quantization-aware fine-tune before the int8 exports
 
     def __post_init__(self):
-        from .pipeline import PRECISIONS
+        from .verify import PRECISIONS
         if self.precision not in PRECISIONS:
             raise EdgeshipError(f"quantize.precision {quote(self.precision)} is unknown", hint=f"use one of {', '.join(PRECISIONS)}")
         if self.calib_samples < 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ._io import write_json_atomic, write_text_atomic
 from .errors import EdgeshipError
 from .manifest import tool_versions
-from .verify import TOLERANCES
+from .verify import SCHEMES
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1.0"
@@ -27,7 +27,7 @@ def new_report(spec, manifest: dict, artifacts: list[dict], verify_samples: int)
         "tools": tool_versions(),
         "model": {"name": spec.name, "task": spec.task, "parameters": params, "inputs": manifest["inputs"],
                   "outputs": manifest["outputs"]},
-        "verify": {"samples": verify_samples, "tolerances": {k: {"metric": m, "threshold": t} for k, (m, t) in TOLERANCES.items()}},
+        "verify": {"samples": verify_samples, "tolerances": {k: {"metric": s.metric, "threshold": s.threshold} for k, s in SCHEMES.items()}},
         "artifacts": artifacts,
         "bench": [],
     }

@@ -13,18 +13,39 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import EdgeshipError, quote
+
 log = logging.getLogger(__name__)
 
-# precision -> (metric, threshold). fp32: cosine; fp16: cosine; int8 and weight-compressed: SQNR in dB.
-TOLERANCES: dict[str, tuple[str, float]] = {
-    "fp32": ("cosine", 0.9999),
-    "fp16": ("cosine", 0.999),
-    "int8": ("sqnr_db", 20.0),
-    "dynamic-int8": ("sqnr_db", 20.0),
-    "w8": ("sqnr_db", 20.0),
-    "w6": ("sqnr_db", 15.0),
-    "w4": ("sqnr_db", 10.0),
-}
+@dataclass(frozen=True)
+class Scheme:
+    """A precision: what it stores in how many bits, and the tolerance its artifacts are held to.
+
+    ``kind``: "float" (fp32, fp16), "static" (int8 weights and activations, calibrated), "dynamic" (int8 weights,
+    activations quantized at run time) or "weight-only" (n-bit weights decompressed to float before compute).
+    """
+    name: str
+    kind: str
+    bits: int
+    metric: str          # "cosine" or "sqnr_db", over all outputs of all verification inputs
+    threshold: float     # the artifact passes at or above it
+
+    @property
+    def quantized(self) -> bool:
+        return self.kind != "float"
+
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (
+    Scheme("fp32", "float", 32, "cosine", 0.9999),
+    Scheme("fp16", "float", 16, "cosine", 0.999),
+    Scheme("int8", "static", 8, "sqnr_db", 20.0),
+    Scheme("dynamic-int8", "dynamic", 8, "sqnr_db", 20.0),
+    Scheme("w8", "weight-only", 8, "sqnr_db", 20.0),
+    Scheme("w6", "weight-only", 6, "sqnr_db", 15.0),
+    Scheme("w4", "weight-only", 4, "sqnr_db", 10.0),
+)}
+PRECISIONS = tuple(SCHEMES)
+QUANTIZED = frozenset(n for n, s in SCHEMES.items() if s.quantized)   # where per-layer options (keep_float) apply
 
 
 # A verification that cannot fail is no verification. Below these the PyTorch reference says nothing about the
@@ -34,8 +55,17 @@ CONSTANT_SPREAD = 1e-6    # outputs that vary across the verification inputs by 
 NEGLIGIBLE_SAMPLE = 1e-6  # a sample whose largest |reference| is below this fraction of all samples' largest
 
 
+def scheme(precision: str) -> Scheme:
+    try:
+        return SCHEMES[precision]
+    except (KeyError, TypeError):
+        raise EdgeshipError(f"unknown precision {quote(precision)}", hint=f"use one of {', '.join(PRECISIONS)}") from None
+
+
 def tolerance(precision: str) -> tuple[str, float]:
-    return TOLERANCES.get(precision, TOLERANCES["int8"])
+    """(metric, threshold) of ``precision``; an unknown one (a hand-edited folder) is held to int8's."""
+    s = SCHEMES.get(precision, SCHEMES["int8"])
+    return s.metric, s.threshold
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -5,8 +5,9 @@ The trip is torchao's: ``torch.export`` -> ``prepare_pt2e`` (observers where the
 that each backend lowers to its int8 kernels). What differs per backend is only the quantizer object.
 
 DESIGN.md: int8 is where fidelity breaks, so :func:`quantize_pt2e` measures what it made (SQNR of the quantized
-graph against the float model on the calibration inputs) and, when that is below ``target_db``, tries the other
-activation observer and keeps the better. The shipped artifact is measured again in its runtime by the parity gate.
+graph against the float model on held-back calibration inputs) and, when that is below ``target_db``, tries the
+other activation observer, then the remedies (cross-layer equalization, SmoothQuant, mixed precision), and keeps
+the first that meets it, else the most faithful. The shipped artifact is measured again in its runtime by the parity gate.
 
 Calibration data (``calib``) is what :func:`calibration_inputs` accepts: ``None`` (seeded random inputs of the
 model's example distribution, with a note saying real data is better), a list of input tuples (the form of
@@ -27,6 +28,7 @@ import torch
 
 from ..errors import EdgeshipError
 from ..model import ModelSpec
+from ..verify import SCHEMES
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ DEFAULT_CALIBRATION_SAMPLES = 32
 OBSERVERS = ("histogram", "minmax")   # activation observers; weights are always per-channel min/max (symmetric)
 SPEED_MARGIN_DB = 3.0                 # choose: the faster recipe wins only within this many dB of the most faithful
 TIE_DB = 0.5                          # ... and, when none meets the target, only within this (a tie)
-TARGET_DB = 20.0                      # verify.TOLERANCES["int8"]: below this a remedy is tried
+TARGET_DB = SCHEMES["int8"].threshold  # int8's tolerance: below this a remedy is tried
 RANDOM_CALIB_NOTE = ("calibrated on {n} random inputs of the example distribution (no calibration data given); "
                      "real data (--calib DATA) gives better int8 accuracy")
 
@@ -356,6 +358,11 @@ def prepare_calibrate_convert(module: torch.nn.Module, example_args: Inputs, mak
     return converted
 
 
+class NotApplicable(Exception):
+    """Raised by a candidate's ``make`` when its recipe does not apply to this model (no layers it would change,
+    nothing new to try): :func:`choose` passes over it without recording it."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One way to make a format's int8 artifact: ``make()`` builds it (a file or a graph). Candidates in one
@@ -390,8 +397,8 @@ def choose(candidates: Sequence[Candidate], measure: Callable[[Any], float], *, 
     round where some candidates meet ``target_db`` ends the search: of those within ``SPEED_MARGIN_DB`` of the most
     faithful, the fastest by ``speed`` (ms of each, measured together) is kept, or the most faithful when there is
     no ``speed``. When no candidate meets the target, the most faithful of all is kept (the fastest of those within
-    ``TIE_DB`` of it, given ``speed``). A candidate that raises is recorded as -inf (its error logged); if every one
-    raises, the last error propagates."""
+    ``TIE_DB`` of it, given ``speed``). A candidate that raises :class:`NotApplicable` is passed over; one that raises
+    anything else is recorded as -inf (its error logged); if every one raises, the last error propagates."""
     tried: dict[str, float] = {}
     built: dict[str, Any] = {}
     error: BaseException | None = None
@@ -402,8 +409,11 @@ def choose(candidates: Sequence[Candidate], measure: Callable[[Any], float], *, 
                 tried[c.label] = round(float(measure(made)), 2)
                 built[c.label] = made
                 log.info("int8 candidate %s: %.2f dB SQNR on the held-back samples", c.label, tried[c.label])
+            except NotApplicable as e:
+                log.info("int8 candidate %s does not apply: %s", c.label, e)
             except Exception as e:  # noqa: BLE001 - one recipe failing leaves the others to try
-                log.warning("int8 candidate %s failed: %s: %s", c.label, type(e).__name__, e)
+                log.warning("int8 candidate %s failed: %s: %s", c.label, type(e).__name__, e,
+                            exc_info=log.isEnabledFor(logging.DEBUG))
                 tried[c.label], error = float("-inf"), e
         meeting = [k for k in built if tried[k] >= target_db]
         if meeting:   # speed only among those close to the most faithful (a tie on the held-back samples)
@@ -493,7 +503,8 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
                   calibrated_on_data: bool = True, pads: bool = False) -> PT2EResult:
     """Static int8 with a backend's PT2E quantizer, measured (:func:`choose`): the activation ``observers`` in order,
     then, when none meets ``target_db`` on held-back calibration samples, each again on the cross-layer-equalized
-    graph (compress.equalize; exact in float), then automatic mixed precision: the modules whose ops lose most SQNR
+    graph (compress.equalize; exact in float) and, where LayerNorms or linear layers feed linear layers, on the
+    SmoothQuant-migrated graph (compress.smooth; exact in float), then automatic mixed precision: the modules whose ops lose most SQNR
     (:func:`float_ranking`) kept in float, ``MIXED_STEPS`` of them in turn, within ``MIXED_FLOAT_BUDGET`` of the weights. The
     first that meets the target is kept, else the most faithful of all.
 
@@ -511,25 +522,35 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
         from .equalize import equalized_copy
         return equalized_copy(exported)
 
+    @functools.cache
+    def smoothing():      # (graph, report): SmoothQuant with activation ranges from the calibration samples
+        from .smooth import smooth_graph
+        return smooth_graph(exported, calibrate_on)
+
+    graphs = {"plain": lambda: exported, "cle": lambda: equalization()[0], "smooth": lambda: smoothing()[0]}
     made: dict[str, torch.fx.GraphModule] = {}
 
-    def make(observer: str, cle: bool, keep: Collection[str] = ()):
+    def make(observer: str, graph: str = "plain", keep: Collection[str] = ()):
         def build():
             q = (quantizer if not keep else
                  lambda c: select_layers(make_quantizer(c), frozenset(keep_float) | frozenset(keep)))  # noqa: E731
             gm = prepare_calibrate_convert(module, example_args, make_config, q, calibrate_on, observer,
-                                           fold_quantize, equalization()[0] if cle else exported, pads)
-            if not cle and not keep:
+                                           fold_quantize, graphs[graph](), pads)
+            if graph == "plain" and not keep:
                 made[observer] = gm   # the plain graphs: where the mixed precision looks for the losses
             return gm
         return build
 
     static = not any(c.is_dynamic for c in _activation_specs(make_config()))
-    candidates = [Candidate(f"{o} observer", make(o, False), round=k) for k, o in enumerate(observers)]
+    candidates = [Candidate(f"{o} observer", make(o), round=k) for k, o in enumerate(observers)]
     mixed: dict[str, tuple[list[str], float]] = {}
     if remedies and static:
-        candidates += [Candidate(f"cross-layer equalized, {o} observer", make(o, True), round=len(observers))
+        from .smooth import smooth_pairs
+        candidates += [Candidate(f"cross-layer equalized, {o} observer", make(o, "cle"), round=len(observers))
                        for o in observers]
+        if smooth_pairs(exported):
+            candidates += [Candidate(f"SmoothQuant, {o} observer", make(o, "smooth"), round=len(observers))
+                           for o in observers]
         ranking = functools.cache(lambda: float_ranking(module, exported, made[observers[0]],
                                                         (list(measure_on) + list(calibrate_on))[:RANKING_SAMPLES],
                                                         frozenset(keep_float)))
@@ -537,17 +558,18 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
             def build_mixed(k=k):
                 keep, share = _top_within_budget(ranking(), k)
                 if not keep or any(keep == m[0] for m in mixed.values()):
-                    raise _Skip(f"no new layer set within {MIXED_FLOAT_BUDGET:.0%} of the weights")
+                    raise NotApplicable(f"no new layer set within {MIXED_FLOAT_BUDGET:.0%} of the weights")
                 mixed[f"mixed precision, {k} float"] = (keep, share)
-                return make(observers[0], False, keep)()
+                return make(observers[0], "plain", keep)()
             candidates.append(Candidate(f"mixed precision, {k} float", build_mixed, round=len(observers) + 1 + k))
     choice = choose(candidates, lambda gm: sqnr_db(reference, _outputs(gm, measure_on)), target_db=target_db)
-    choice.tried = {k: v for k, v in choice.tried.items() if not (k.startswith("mixed") and k not in mixed)}
     observer = choice.label.split(", ")[-1].removesuffix(" observer") if not choice.label.startswith("mixed") \
         else observers[0]
     notes = [f"static int8: per-channel symmetric int8 weights, per-tensor int8 activations ({observer} observer)"]
     if choice.label.startswith("cross-layer"):
         notes.append(equalization()[1].note())
+    if choice.label.startswith("SmoothQuant"):
+        notes.append(smoothing()[1].note())
     if choice.label in mixed:
         keep, share = mixed[choice.label]
         notes.append(f"mixed precision (automatic, the int8 recipes missed {target_db:g} dB): kept in float "
@@ -565,10 +587,6 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
 MIXED_STEPS = (1, 2, 4, 8, 16, 32)   # modules kept in float, tried in this order by the automatic mixed precision
 MIXED_FLOAT_BUDGET = 0.10         # at most this share of the weights float (issue #12: >= 90% stay int8)
 RANKING_SAMPLES = 4               # inputs the per-op loss ranking runs (2 missed PP-OCR's head conv, 4 found it)
-
-
-class _Skip(Exception):
-    """A candidate with nothing new to try (choose records it as -inf; quantize_pt2e drops it from the notes)."""
 
 
 def float_ranking(module: torch.nn.Module, exported: torch.fx.GraphModule, converted: torch.fx.GraphModule,

@@ -156,7 +156,7 @@ def check_budget(max_accuracy_drop, precisions: Collection[str] | None, eval_dat
     (None: not known yet), labelled eval data (unless ``eval_later``: a recipe's eval comes with the command), and,
     given ``spec``, a classifier with layers to keep in float. The one check for the CLI, recipes and library callers;
     ``option`` names the setting in the messages."""
-    from ..pipeline import QUANTIZED
+    from ..verify import QUANTIZED
     example = "1.0" if option.startswith("--") else ": 1.0"
     try:
         budget = float(max_accuracy_drop)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import EdgeshipError
 from ..model import ModelSpec
+from ..verify import SCHEMES
 from . import Exported, artifact_name, require
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class CoreMLExporter:
                         min_os={"ios": MIN_IOS.removeprefix("iOS"), "macos": "13"})
 
 
-WEIGHT_COMPRESSION = ("w8", "w6", "w4")
+WEIGHT_COMPRESSION = tuple(n for n, s in SCHEMES.items() if s.kind == "weight-only")
 WEIGHT_THRESHOLD = 64   # compress weights with more elements than this (coremltools' default 2048 skips tiny layers)
 COMPRESSED_OPS = ("constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_blockwise_shift_scale")
 
@@ -105,7 +106,7 @@ def compress_weights(mlmodel, precision: str, skip_ops=()):
         model = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op, op_name_configs=dict.fromkeys(skip_ops)))
         note = "w8: int8 weights (linear symmetric, per output channel), dequantized at load; fp16 compute"
     else:
-        nbits = int(precision[1:])
+        nbits = SCHEMES[precision].bits
         op = cto.OpPalettizerConfig(mode="kmeans", nbits=nbits, granularity="per_tensor",
                                     weight_threshold=WEIGHT_THRESHOLD)
         model = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op, op_name_configs=dict.fromkeys(skip_ops)))

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..model import ModelSpec
+from ..verify import scheme
 from . import Exported, artifact_name, require
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class ExecuTorchExporter:
             args = tuple(a.half() if a.is_floating_point() else a for a in args)
             notes.append("fp16 model: float inputs and outputs are float16 in the .pte")
         pt2e = None
-        if precision in ("int8", "dynamic-int8"):
+        if scheme(precision).kind in ("static", "dynamic"):
             from ..compress.quantize import dynamic_reason
             why = dynamic_reason(spec, precision)
             pt2e = _quantize(spec, calib, quant, dynamic_why=why)

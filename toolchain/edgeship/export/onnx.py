@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import EdgeshipError
 from ..model import ModelSpec
+from ..verify import scheme
 from . import Exported, artifact_name, require
 
 log = logging.getLogger(__name__)
@@ -51,24 +52,31 @@ class OnnxExporter:
         names = [i.name for i in spec.inputs]
         n_out = len(spec.check_runs())
         out_names = list(spec.output_names or (["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = Path(tmp) / "raw.onnx"
-            prog = torch.onnx.export(spec.module, spec.example_inputs(), str(raw), dynamo=True, external_data=False,
-                                     opset_version=OPSET, input_names=names, output_names=out_names, verbose=False)
-            del prog
-            model = onnx.load(str(raw))
-        onnx.checker.check_model(model, full_check=True)
-        notes, details = [], {"opset": OPSET, "nodes": len(model.graph.node)}
-        scopes = node_scopes(model, spec.module)   # read before onnxslim, which drops node metadata
-        if precision == "fp16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-            model = convert_float_to_float16(model, keep_io_types=True)
-            notes.append("fp16 weights and compute; inputs and outputs stay float32 (keep_io_types)")
-        if self.simplify:
-            model, note = _slim(model, [t.numpy() for t in spec.example_inputs(seed=7)])
-            notes.append(note)
-        if precision in ("int8", "dynamic-int8"):
-            model, qnotes, qdetails = _quantize(onnx, model, spec, precision, calib, out_dir, quant, scopes)
+
+        def to_onnx(module: torch.nn.Module, fp16: bool = False):
+            """(model, scopes, notes, nodes as exported): ``module`` (``spec.module`` or a graph made from it) as
+            checked, slimmed ONNX."""
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = Path(tmp) / "raw.onnx"
+                prog = torch.onnx.export(module, spec.example_inputs(), str(raw), dynamo=True, external_data=False,
+                                         opset_version=OPSET, input_names=names, output_names=out_names, verbose=False)
+                del prog
+                model = onnx.load(str(raw))
+            onnx.checker.check_model(model, full_check=True)
+            scopes, made_notes, nodes = node_scopes(model, spec.module), [], len(model.graph.node)   # before onnxslim
+            if fp16:
+                from onnxruntime.transformers.float16 import convert_float_to_float16
+                model = convert_float_to_float16(model, keep_io_types=True)
+                made_notes.append("fp16 weights and compute; inputs and outputs stay float32 (keep_io_types)")
+            if self.simplify:
+                model, note = _slim(model, [t.numpy() for t in spec.example_inputs(seed=7)])
+                made_notes.append(note)
+            return model, scopes, made_notes, nodes
+
+        model, scopes, notes, nodes = to_onnx(spec.module, fp16=precision == "fp16")
+        details = {"opset": OPSET, "nodes": nodes}
+        if scheme(precision).kind in ("static", "dynamic"):
+            model, qnotes, qdetails = _quantize(onnx, model, spec, precision, calib, out_dir, quant, scopes, to_onnx)
             notes += qnotes
             details |= qdetails
         details["nodes_after"] = len(model.graph.node)
@@ -76,9 +84,12 @@ class OnnxExporter:
         return Exported(path, precision, notes, details)
 
 
-def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path, quant=None, scopes=None):
+def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path, quant=None, scopes=None,
+              to_onnx=None):
     """onnxruntime int8 of the fp32 ``model``: returns (quantized model, notes, details). The nodes of the layers
-    in ``quant.keep_float`` (found through ``scopes``, see :func:`node_scopes`) go to ``nodes_to_exclude``."""
+    in ``quant.keep_float`` (found through ``scopes``, see :func:`node_scopes`) go to ``nodes_to_exclude``.
+    ``to_onnx(module)`` -> (model, scopes, notes, nodes) exports a graph made from ``spec.module`` the way ``model``
+    was: the SmoothQuant remedy (compress.smooth) re-exports the smoothed graph with it."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                          quantize_dynamic, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -91,14 +102,18 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
     dynamic = why is not None
     notes, details = [], {}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".int8-") as tmp:
-        fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
-        onnx.save_model(model, str(fp32))
-        try:
-            quant_pre_process(str(fp32), str(pre))
-        except Exception as e:  # noqa: BLE001 - pre-processing only helps; quantize the graph as it is
-            log.warning("onnxruntime quant_pre_process failed, quantizing without it: %s", e)
-            notes.append(f"quantized without quant_pre_process (it failed: {type(e).__name__})")
-            pre = fp32
+        def pre_processed(model, stem: str) -> Path:
+            fp32, pre = Path(tmp) / f"{stem}.onnx", Path(tmp) / f"{stem}-pre.onnx"
+            onnx.save_model(model, str(fp32))
+            try:
+                quant_pre_process(str(fp32), str(pre))
+            except Exception as e:  # noqa: BLE001 - pre-processing only helps; quantize the graph as it is
+                log.warning("onnxruntime quant_pre_process failed, quantizing without it: %s", e)
+                notes.append(f"quantized without quant_pre_process (it failed: {type(e).__name__})")
+                pre = fp32
+            return pre
+
+        pre = pre_processed(model, "fp32")
         keep = quant.keep_float if quant is not None else frozenset()
         exclude = excluded_nodes(onnx.load(str(pre)), scopes or {}, keep) if keep else []
         if dynamic:
@@ -127,24 +142,48 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
                 def get_next(self):
                     return next(self.rows, None)
 
-            def static(method, activations):
+            smoothed: dict = {}
+
+            def smooth() -> tuple[Path, list[str]]:   # the SmoothQuant-migrated graph, made once, and its exclusions
+                if not smoothed:
+                    from ..compress.quantize import NotApplicable, export_graph
+                    from ..compress.smooth import smooth_graph, smooth_pairs
+                    graph = export_graph(spec.module, spec.example_inputs())
+                    if to_onnx is None or not smooth_pairs(graph):
+                        smoothed["skip"] = "no layer norm or linear layer feeds a linear layer"
+                    else:
+                        gm, report = smooth_graph(graph, samples)
+                        m, s_scopes, _, _ = to_onnx(gm)
+                        path = pre_processed(m, "smoothed")
+                        smoothed["made"] = (path, excluded_nodes(onnx.load(str(path)), s_scopes, keep) if keep else [])
+                        smoothed["note"] = report.note()
+                if "skip" in smoothed:
+                    raise NotApplicable(smoothed["skip"])
+                return smoothed["made"]
+
+            def static(method, activations, smoothed_graph: bool = False):
                 def make() -> Path:
-                    out = Path(tmp) / f"static-{method.name}-{activations}.onnx"
-                    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    src, skip = smooth() if smoothed_graph else (pre, exclude)
+                    out = Path(tmp) / f"static-{method.name}-{activations}{'-smoothed' * smoothed_graph}.onnx"
+                    quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                     activation_type=QuantType.QUInt8 if activations == "U8S8" else QuantType.QInt8,
                                     weight_type=QuantType.QInt8,
                                     calibrate_method=method, reduce_range=activations == "U8S8",
-                                    nodes_to_exclude=exclude)
+                                    nodes_to_exclude=skip)
                     return out
                 return make
 
             methods = (CalibrationMethod.MinMax, CalibrationMethod.Percentile, CalibrationMethod.Entropy)
             candidates = [Candidate(f"{a} {m.name.lower()}", static(m, a), round=r)
                           for r, m in enumerate(methods) for a in ACTIVATIONS]
+            candidates += [Candidate(f"SmoothQuant {a} {m.name.lower()}", static(m, a, True), round=len(methods))
+                           for m in methods[:2] for a in ACTIVATIONS]
             choice = choose(candidates, lambda p: runtime_sqnr(p, measure_on, reference),
                             speed=lambda paths: runtime_latency(paths, measure_on[0]))
             path, kept = choice.made, choice.label
-            acts, method = kept.split()
+            acts, method = kept.removeprefix("SmoothQuant ").split()
+            if kept.startswith("SmoothQuant"):
+                notes.append(smoothed["note"])
             notes.append(f"static int8 (onnxruntime quantize_static, QDQ): per-channel "
                          f"{'7-bit (reduce_range)' if acts == 'U8S8' else '8-bit'} int8 weights, per-tensor "
                          f"{'uint8' if acts == 'U8S8' else 'int8'} activations ({method} calibration), float32 I/O")
