@@ -19,7 +19,8 @@ def test_parse_input():
 
 @pytest.mark.parametrize("text,fragment", [
     ("image", "NAME:SHAPE"), ("image:1xAx3", "cannot parse the shape"), ("image:1x0x3", "positive integer"),
-    ("image:1x3:complex", "dtype 'complex'"), ("1bad:1x3", "not a valid identifier"), ("a:1:f32:extra", "NAME:SHAPE"),
+    ("image:1x3:complex", "dtype 'complex'"), ("1bad:1x3", "not a valid identifier"), ("a:1:f32:0..1:extra", "NAME:SHAPE"),
+    ("a:1:f32:extra", "cannot parse the range"),
 ])
 def test_bad_input_specs(text, fragment):
     with pytest.raises(EdgeshipError, match=fragment):

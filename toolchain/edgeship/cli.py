@@ -89,12 +89,15 @@ def _all_passed(report: dict) -> bool:
 
 MODEL_HELP = ("path/to/file.py:factory, package.module:attr, or example:NAME; factory keyword arguments in "
               "parentheses, e.g. 'example:digits_cnn(width=64)'")
+INPUT_HELP = ("NAME:SHAPE[:DTYPE[:RANGE]], e.g. image:1x3x224x224, tokens:1x128:int64:0..30522 (RANGE LOW..HIGH, HIGH "
+              "exclusive; default: the rows of the embedding the input feeds) or attention_mask:1x128:int64:mask "
+              "(0/1 padding) (repeatable)")
 
 
 @app.command()
 def export(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    input: list[str] = typer.Option([], "--input", "-i", help="NAME:SHAPE[:DTYPE], e.g. image:1x3x224x224 (repeatable)"),
+    input: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (refused if it exists and is not empty, unless --force)"),
     formats: Optional[str] = typer.Option(None, "--formats", "-f", help="comma-separated: onnx,tflite,executorch,coreml (the default: all four), torchscript (legacy PyTorch Mobile, opt-in)"),
     precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16, int8, dynamic-int8, or Core ML weight compression w8|w6|w4 (comma-separated for several)"),
@@ -224,7 +227,7 @@ def compress(
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     data: Optional[str] = typer.Option(None, "--data", help="training data (overrides the recipe's data:)"),
     eval_data: Optional[str] = typer.Option(None, "--eval", help="labelled eval data (overrides the recipe's eval:)"),
-    input: list[str] = typer.Option([], "--input", "-i", help="NAME:SHAPE[:DTYPE] (repeatable)"),
+    input: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
     name: Optional[str] = typer.Option(None, "--name"),
     force: bool = typer.Option(False, "--force", help="replace an existing edgeship output folder"),
     as_json: bool = typer.Option(False, "--json"),
@@ -289,7 +292,7 @@ def sweep(
     method: str = typer.Option("structured", "--method", help="structured or unstructured"),
     finetune_epochs: int = typer.Option(5, "--finetune-epochs"),
     train_epochs: int = typer.Option(0, "--train-epochs", help="train MODEL first (a model built in code is untrained)"),
-    input: list[str] = typer.Option([], "--input", "-i"),
+    input: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
     force: bool = typer.Option(False, "--force"),
     as_json: bool = typer.Option(False, "--json"),
 ):

@@ -81,9 +81,7 @@ def build(spec, artifacts: list[dict], labels_file: str | None) -> dict:
     out_names = list(spec.output_names or (["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]))
     inputs = []
     for i in spec.inputs:
-        entry = {"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "layout": i.layout}
-        if i.high is not None:
-            entry |= {"low": 0, "high": i.high}
+        entry = i.to_dict()   # name, shape, dtype, layout; the range of its values and its kind (mask) where known
         if spec.preprocess and i.layout in ("NCHW", "NHWC"):
             entry["preprocess"] = spec.preprocess
         inputs.append(entry)

@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import math
 import os
 import re
 import sys
@@ -19,6 +20,8 @@ from torch import nn
 
 from .errors import EdgeshipError, clip
 
+log = logging.getLogger(__name__)
+
 DTYPES = {
     "float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
     "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
@@ -26,17 +29,27 @@ DTYPES = {
 _DTYPE_ALIASES = {"f32": "float32", "fp32": "float32", "float": "float32", "f16": "float16", "fp16": "float16",
                   "i64": "int64", "long": "int64", "i32": "int32", "int": "int32", "u8": "uint8", "i8": "int8"}
 TASKS = ("image-classification", "text-classification", "classification", "generic")
+INPUT_KINDS = ("mask",)
+DEFAULT_INT_HIGH = 10            # integer inputs that feed no embedding and have no range: 0..9, as before
+_MASK_NAME = re.compile(r"mask", re.IGNORECASE)
+_RANGE_HINT = ("write RANGE as LOW..HIGH, HIGH exclusive (one past the largest value, like a vocabulary size), "
+               "e.g. tokens:1x128:int64:0..30522, or mask for a 0/1 padding mask, e.g. attention_mask:1x128:int64:mask")
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input. ``high`` bounds random integer inputs (token ids: the vocabulary size)."""
+    """One model input. Random example values: float N(0, 1), or uniform in ``low..high`` when given; integers in
+    ``low..high`` (``high`` exclusive: token ids, the vocabulary size; ``low`` defaults to 0); ``kind="mask"``: a 0/1
+    padding mask (ones, then zeros for a random length per row, at least one 1); bool 0/1. :func:`load` fills ``high``
+    of an integer input from the embedding it feeds, and marks integer inputs named like ``*mask*`` as masks."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
     layout: str | None = None
-    high: int | None = None
+    high: int | float | None = None
+    low: int | float | None = None
+    kind: str | None = None
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
@@ -46,17 +59,87 @@ class InputSpec:
             raise EdgeshipError(f"input {self.name!r} has shape {self.shape}; every dimension must be a positive integer")
         if self.dtype not in DTYPES:
             raise EdgeshipError(f"input {self.name!r} has dtype {self.dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+        self._check_range()
+
+    def _check_range(self) -> None:
+        if self.kind is not None and self.kind not in INPUT_KINDS:
+            raise EdgeshipError(f"input {self.name!r} has kind {self.kind!r}", hint=f"use one of {', '.join(INPUT_KINDS)}, or None")
+        if self.low is None and self.high is None:
+            return
+        rng = f"{self.low if self.low is not None else 0}..{self.high}"
+        if self.kind == "mask":
+            if (self.low or 0, self.high) != (0, 2):
+                raise EdgeshipError(f"input {self.name!r} is a mask (0/1) and takes no range, got {rng}", hint=_RANGE_HINT)
+            return
+        dt = DTYPES[self.dtype]
+        if dt == torch.bool:
+            raise EdgeshipError(f"input {self.name!r} is bool (0/1) and takes no range, got {rng}",
+                                hint="leave RANGE out for random 0/1, or write mask for a padding mask")
+        if self.high is None:
+            raise EdgeshipError(f"input {self.name!r} has a low bound ({self.low}) but no high bound", hint=_RANGE_HINT)
+        bounds = (self.low if self.low is not None else 0, self.high)
+        if any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in bounds):
+            raise EdgeshipError(f"input {self.name!r}: the range bounds must be numbers, got {rng}", hint=_RANGE_HINT)
+        if dt.is_floating_point:
+            if not all(math.isfinite(b) for b in bounds):
+                raise EdgeshipError(f"input {self.name!r}: the range {rng} must be finite", hint=_RANGE_HINT)
+        else:
+            if not all(isinstance(b, int) for b in bounds):
+                raise EdgeshipError(f"input {self.name!r} is {self.dtype}, so its range needs integer bounds, got {rng}",
+                                    hint=_RANGE_HINT)
+            info = torch.iinfo(dt)
+            if bounds[0] < info.min or bounds[1] - 1 > info.max:
+                raise EdgeshipError(f"input {self.name!r} is {self.dtype}, which holds {info.min}..{info.max + 1} "
+                                    f"(HIGH exclusive); the range {rng} does not fit",
+                                    hint="choose a wider dtype (int64) or a range inside the dtype's")
+        if bounds[0] >= bounds[1]:
+            raise EdgeshipError(f"input {self.name!r} has the empty range {rng}: HIGH is exclusive, so it must be "
+                                "greater than LOW", hint=_RANGE_HINT)
+
+    @property
+    def integer(self) -> bool:
+        """An integer input (not bool, not float): token ids, segment ids, masks."""
+        dt = DTYPES[self.dtype]
+        return not dt.is_floating_point and dt != torch.bool
+
+    @property
+    def range(self) -> tuple[int | float, int | float] | None:
+        """(low, high), high exclusive, that random values are drawn from; None: N(0, 1) floats or the default 0..9."""
+        if self.kind == "mask" or DTYPES[self.dtype] == torch.bool:
+            return (0, 2)
+        if self.high is None:
+            return None
+        return (self.low if self.low is not None else 0, self.high)
 
     def random(self, generator: torch.Generator) -> torch.Tensor:
         dt = DTYPES[self.dtype]
-        if dt.is_floating_point:
-            return torch.randn(self.shape, generator=generator).to(dt)
+        if self.kind == "mask":
+            return padding_mask(self.shape, generator).to(dt)
         if dt == torch.bool:
             return torch.randint(0, 2, self.shape, generator=generator).bool()
-        return torch.randint(0, self.high or 10, self.shape, generator=generator, dtype=dt)
+        low, high = self.range or (0, None)
+        if dt.is_floating_point:
+            if high is None:
+                return torch.randn(self.shape, generator=generator).to(dt)
+            return (torch.rand(self.shape, generator=generator, dtype=torch.float64) * (high - low) + low).to(dt)
+        return torch.randint(low, DEFAULT_INT_HIGH if high is None else high, self.shape, generator=generator, dtype=dt)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
+        """The manifest's input entry (without preprocessing): the range random values come from, and the kind."""
+        entry = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
+        if self.range is not None and DTYPES[self.dtype] != torch.bool:
+            entry |= dict(zip(("low", "high"), self.range))
+        if self.kind:
+            entry["kind"] = self.kind
+        return entry
+
+
+def padding_mask(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """A 0/1 padding mask along the last dimension: per row, ones for a random length (at least 1), then zeros."""
+    shape = tuple(shape)
+    length = shape[-1]
+    lengths = torch.randint(1, length + 1, shape[:-1] or (1,), generator=generator)
+    return (torch.arange(length) < lengths.unsqueeze(-1)).reshape(shape).to(torch.int64)
 
 
 @dataclass
@@ -139,17 +222,117 @@ def flatten_outputs(out: Any, key: str | None = None) -> list[torch.Tensor]:
 
 
 def parse_input(text: str) -> InputSpec:
-    """Parse ``NAME:SHAPE[:DTYPE]``, SHAPE as ``1x3x224x224``."""
+    """Parse ``NAME:SHAPE[:DTYPE[:RANGE]]``, SHAPE as ``1x3x224x224``, RANGE as ``LOW..HIGH`` (HIGH exclusive, e.g.
+    ``0..30522`` for a 30522-token vocabulary; integers for integer dtypes) or ``mask`` (a 0/1 padding mask)."""
     parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise EdgeshipError(f"cannot parse --input {text!r}", hint="write NAME:SHAPE[:DTYPE], e.g. image:1x3x224x224 or tokens:1x32:int64")
+    if len(parts) not in (2, 3, 4) or not parts[0] or not parts[1]:
+        raise EdgeshipError(f"cannot parse --input {text!r}", hint="write NAME:SHAPE[:DTYPE[:RANGE]], e.g. image:1x3x224x224, "
+                            "tokens:1x32:int64 or tokens:1x128:int64:0..30522")
     try:
         shape = tuple(int(d) for d in parts[1].lower().replace("*", "x").split("x"))
     except ValueError:
         raise EdgeshipError(f"cannot parse the shape {parts[1]!r} in --input {text!r}",
                             hint="dimensions are integers separated by 'x', e.g. 1x3x224x224") from None
-    dtype = _DTYPE_ALIASES.get(parts[2], parts[2]) if len(parts) == 3 else "float32"
-    return InputSpec(parts[0], shape, dtype, layout="NCHW" if len(shape) == 4 and dtype.startswith("float") else None)
+    dtype = _DTYPE_ALIASES.get(parts[2], parts[2]) if len(parts) >= 3 else "float32"
+    layout = "NCHW" if len(shape) == 4 and dtype.startswith("float") else None
+    if len(parts) < 4:
+        return InputSpec(parts[0], shape, dtype, layout=layout)
+    if parts[3].strip().lower() == "mask":
+        return InputSpec(parts[0], shape, dtype, layout=layout, kind="mask")
+    return InputSpec(parts[0], shape, dtype, layout=layout, **_parse_range(parts[3], text))
+
+
+def _parse_range(rng: str, text: str) -> dict:
+    bounds = rng.split("..")
+    values = []
+    for b in bounds:
+        b = b.strip()
+        try:
+            values.append(int(b))
+        except ValueError:
+            try:
+                values.append(float(b))
+            except ValueError:
+                values = []
+                break
+    if len(bounds) != 2 or len(values) != 2:
+        raise EdgeshipError(f"cannot parse the range {rng!r} in --input {text!r}", hint=_RANGE_HINT)
+    return {"low": values[0], "high": values[1]}
+
+
+def embedding_feeds(module: nn.Module, args: Sequence[torch.Tensor]) -> dict[int, tuple[int, str]]:
+    """Which inputs feed an embedding: {input index: (rows, embedding name)}, the smallest embedding where one input
+    feeds several. One forward pass on ``args`` under a torch-function mode that follows each integer input through
+    value-preserving ops (views, reshapes, slices, casts) into ``F.embedding`` (nn.Embedding and functional uses,
+    tied weights included). Values computed from an input (``ids + 2``) are not followed. The pass is recorded even
+    when the forward raises (an id out of range fails inside the embedding, after it was seen)."""
+    from torch.nn import functional as F
+    from torch.overrides import TorchFunctionMode
+
+    names = {id(p): n.rsplit(".", 1)[0] for n, p in module.named_parameters(remove_duplicate=False)}
+    origin: dict[int, int] = {id(t): k for k, t in enumerate(args) if isinstance(t, torch.Tensor)}
+    keep = list(args)            # tracked tensors stay alive, so their id()s are not reused during the pass
+    feeds: dict[int, tuple[int, str]] = {}
+    follow = {"to", "long", "int", "type", "view", "reshape", "flatten", "unflatten", "unsqueeze", "squeeze", "expand",
+              "expand_as", "view_as", "reshape_as", "contiguous", "clone", "detach", "cpu", "__getitem__", "narrow",
+              "select", "permute", "transpose", "repeat", "t"}
+
+    class Follow(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in (F.embedding, torch.embedding):
+                ids, weight = (args[0], args[1]) if func is F.embedding else (args[1], args[0])
+                k = origin.get(id(ids))
+                if k is not None and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+                    rows, where = int(weight.shape[0]), names.get(id(weight), "an embedding")
+                    if k not in feeds or rows < feeds[k][0]:
+                        feeds[k] = (rows, where)
+            out = func(*args, **kwargs)
+            if args and getattr(func, "__name__", None) in follow and id(args[0]) in origin and isinstance(out, torch.Tensor):
+                origin[id(out)] = origin[id(args[0])]
+                keep.append(out)
+            return out
+
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), Follow():
+        try:
+            module(*args)
+        except Exception as e:  # noqa: BLE001 - check_runs reports a failing forward; this pass only looks
+            log.debug("the embedding pass stopped at %s", raised(e))
+    return feeds
+
+
+def infer_input_ranges(module: nn.Module, inputs: Sequence[InputSpec]) -> tuple[InputSpec, ...]:
+    """Fill in what random example values need to be the model's real inputs: integer (or bool) inputs named like a
+    mask become 0/1 padding masks; an integer input without a range that feeds an embedding gets 0..rows of the
+    smallest such embedding (token ids: the vocabulary; token_type_ids: the type vocabulary); a given range that
+    leaves the embedding's rows is an error. Integer inputs that feed no embedding keep the default 0..9."""
+    inputs = tuple(replace(i, kind="mask") if i.kind is None and i.low is None and i.high is None
+                   and not DTYPES[i.dtype].is_floating_point and _MASK_NAME.search(i.name) else i for i in inputs)
+    probe = [i for i in inputs if i.integer and i.kind is None]
+    if not probe:
+        return inputs
+    g = torch.Generator().manual_seed(0)
+    args = tuple(i.random(g) if not i.integer or i.kind or i.range else torch.zeros(i.shape, dtype=DTYPES[i.dtype])
+                 for i in inputs)
+    feeds = embedding_feeds(module, args)
+    out = []
+    for k, i in enumerate(inputs):
+        if k in feeds and i.integer and i.kind is None:
+            rows, where = feeds[k]
+            if i.range is None:
+                i = replace(i, low=0, high=rows)
+                log.info("input %s feeds %s: ids sampled in 0..%d", i.name, where, rows)
+            elif i.range[0] < 0 or i.range[1] > rows:
+                shape = "x".join(map(str, i.shape))
+                raise EdgeshipError(f"input {i.name!r} feeds the embedding {where} with {rows} rows, so its values "
+                                    f"must lie in 0..{rows} (HIGH exclusive); the range {i.range[0]}..{i.range[1]} "
+                                    "leaves it", hint=f"write --input {i.name}:{shape}:{i.dtype}:0..{rows}, or leave "
+                                    "RANGE out to use the embedding's")
+        elif i.integer and i.kind is None and i.range is None:
+            log.warning("input %s feeds no embedding edgeship can see: random values are 0..%d; give its range with "
+                        "--input NAME:SHAPE:DTYPE:LOW..HIGH", i.name, DEFAULT_INT_HIGH - 1)
+        out.append(i)
+    return tuple(out)
 
 
 def _import_file(path: Path):
@@ -276,7 +459,9 @@ def seed_everything(seed: int) -> None:
 
 def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None, seed: int = 0) -> ModelSpec:
     """Build a ModelSpec from a MODEL reference and optional ``--input`` specs (which override the factory's).
-    Every random source is seeded with ``seed`` first (the import of a model file may draw weights too)."""
+    Integer inputs get their ranges from the model
+    (:func:`infer_input_ranges`). Every random source is seeded with ``seed`` first (the import of a model file may
+    draw weights too)."""
     seed_everything(seed)
     obj = resolve(ref)
     if inspect.isclass(obj) and issubclass(obj, nn.Module) or (callable(obj) and not isinstance(obj, nn.Module)):
@@ -314,6 +499,7 @@ def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None,
     if name or spec.name == "model":
         spec = replace(spec, name=name or default_name)
     check_memory(spec)
+    spec = replace(spec, inputs=infer_input_ranges(spec.module, spec.inputs))
     spec.check_runs()
     return spec
 
