@@ -1,5 +1,5 @@
 """Verification inputs are the model's inputs (#13.2): token ids over the embedding's rows, masks as 0/1 padding,
-and ranges from --input NAME:SHAPE:DTYPE:RANGE or the factory."""
+ranges from --input NAME:SHAPE:DTYPE:RANGE or the factory, and --task on the command line."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgeship.errors import EdgeshipError
-from edgeship.model import InputSpec, ModelSpec, infer_input_ranges, load, padding_mask, parse_input
+from edgeship.model import InputSpec, ModelSpec, infer_input_ranges, load, padding_mask, parse_input, task_name
 
 from test_cli import assert_clean_error, run
 
@@ -169,6 +169,24 @@ def test_a_modelspec_that_names_its_ranges_keeps_them(models):
     assert infer_input_ranges(module, spec.inputs) == spec.inputs
 
 
+def test_task_names():
+    assert [task_name(t) for t in ("classify", "detect", "segment", "embed", "generic", "image-classification")] == [
+        "classification", "detection", "segmentation", "embedding", "generic", "image-classification"]
+    with pytest.raises(EdgeshipError) as e:
+        task_name("regress")
+    assert (e.value.message, e.value.hint) == ("unknown task 'regress'", "use one of classify, detect, segment, embed, generic")
+
+
+def test_task_overrides_the_factory_and_reaches_the_manifest(models):
+    from edgeship import manifest
+    assert load("example:tiny_cnn", task="classify").task == "image-classification"   # the more specific name stays
+    assert load("example:tiny_cnn", task="generic").task == "generic"
+    for task, meaning in (("detect", "other"), ("segment", "logits"), ("embed", "embedding")):
+        spec = load(f"{models}:plain", [parse_input("x:1x8")], task=task)
+        m = manifest.build(spec, [], None)     # validated against the schema
+        assert (m["task"], m["num_classes"], m["outputs"][0]["meaning"]) == (task_name(task), None, meaning)
+
+
 # -- the command line -----------------------------------------------------------------------------------------
 def _reference(out):
     with np.load(out / "reference.npz") as z:
@@ -205,12 +223,27 @@ def test_cli_range_is_honored(models, tmp_path):
         "name": "input_ids", "shape": [2, 16], "dtype": "int64", "layout": None, "low": 100, "high": 120}
 
 
+def test_cli_task_classify_gives_top1_agreement(models, tmp_path):
+    tops = {}
+    for task in (None, "classify"):
+        out = tmp_path / f"plain-{task}"
+        r = run("export", f"{models}:plain", "--input", "x:1x8", "--formats", "onnx", "--out", str(out),
+                *(["--task", task] if task else []), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr + r.stdout
+        report = json.loads((out / "report.json").read_text())
+        tops[task] = report["artifacts"][0]["parity"]["top1_agreement"]
+        manifest = json.loads((out / "manifest.json").read_text())
+    assert tops == {None: None, "classify": 1.0}
+    assert (manifest["task"], manifest["num_classes"]) == ("classification", 4)
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--task", "regress"], "unknown task 'regress'"),
     (["--input", "x:1x8:int64:4..2"], "input 'x' has the empty range 4..2: HIGH is exclusive, so it must be greater "
                                       "than LOW"),
     (["--input", "x:1x8:int64:0.5..2"], "input 'x' is int64, so its range needs integer bounds, got 0.5..2"),
 ])
-def test_cli_bad_range(models, tmp_path, args, message):
+def test_cli_bad_task_and_range(models, tmp_path, args, message):
     r = run("export", f"{models}:plain", *args, "--out", "o", cwd=tmp_path)
     assert_clean_error(r, f"error: {message}")
     assert not (tmp_path / "o").exists()

@@ -92,12 +92,15 @@ MODEL_HELP = ("path/to/file.py:factory, package.module:attr, or example:NAME; fa
 INPUT_HELP = ("NAME:SHAPE[:DTYPE[:RANGE]], e.g. image:1x3x224x224, tokens:1x128:int64:0..30522 (RANGE LOW..HIGH, HIGH "
               "exclusive; default: the rows of the embedding the input feeds) or attention_mask:1x128:int64:mask "
               "(0/1 padding) (repeatable)")
+TASK_HELP = ("classify | detect | segment | embed | generic (default: the factory's, else generic); classify gives "
+             "top-1 agreement in verification; detect, segment and embed are recorded in the manifest")
 
 
 @app.command()
 def export(
     model: str = typer.Argument(..., help=MODEL_HELP),
     input: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (refused if it exists and is not empty, unless --force)"),
     formats: Optional[str] = typer.Option(None, "--formats", "-f", help="comma-separated: onnx,tflite,executorch,coreml (the default: all four), torchscript (legacy PyTorch Mobile, opt-in)"),
     precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16, int8, dynamic-int8, or Core ML weight compression w8|w6|w4 (comma-separated for several)"),
@@ -117,16 +120,18 @@ def export(
 ):
     """Export MODEL to every format, verify each artifact in its runtime, write manifest.json and report.json."""
     from . import export as export_mod
-    from .model import load, parse_input
+    from .model import load, parse_input, task_name
     from .pipeline import ExportOptions, check_precisions
 
+    if task is not None:
+        task_name(task)                 # an unknown task is refused before any long work
     fmts = export_mod.parse_formats(formats)
     precisions = check_precisions(precision)
     if max_accuracy_drop is not None:   # before any long work (the model loads)
         from .compress.sensitivity import check_budget
         check_budget(max_accuracy_drop, precisions, eval_data)
     with _claim(out, force):            # refuse early, before any long work; held until the folder is in place
-        spec = load(model, [parse_input(t) for t in input], name=name)
+        spec = load(model, [parse_input(t) for t in input], name=name, task=task)
         opts = ExportOptions(fmts, precisions, samples, verify_data, check_determinism, force,
                              quant=_keep_float(spec, keep_float), max_accuracy_drop=max_accuracy_drop)
         _attach_data(opts, spec, calib, calib_samples, eval_data)
@@ -228,21 +233,25 @@ def compress(
     data: Optional[str] = typer.Option(None, "--data", help="training data (overrides the recipe's data:)"),
     eval_data: Optional[str] = typer.Option(None, "--eval", help="labelled eval data (overrides the recipe's eval:)"),
     input: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
     name: Optional[str] = typer.Option(None, "--name"),
     force: bool = typer.Option(False, "--force", help="replace an existing edgeship output folder"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Distill → prune → quantize → export, with accuracy measured after each stage and in every runtime."""
+    from .model import task_name
     rec = recipe_mod.load(recipe)
+    if task is not None:
+        task_name(task)
     with _claim(out, force):
-        _compress(model, rec, out, data, eval_data, input, name, force, as_json)
+        _compress(model, rec, out, data, eval_data, input, name, force, as_json, task)
 
 
-def _compress(model, rec, out: Path, data, eval_data, input, name, force: bool, as_json: bool) -> None:
+def _compress(model, rec, out: Path, data, eval_data, input, name, force: bool, as_json: bool, task=None) -> None:
     from .compress.run import compress_model, quant_options
     from .model import load, parse_input
     from .pipeline import ExportOptions
-    spec = load(model, [parse_input(t) for t in input], name=name, seed=rec.seed)
+    spec = load(model, [parse_input(t) for t in input], name=name, seed=rec.seed, task=task)
     progress, on_progress = _training_progress()
     with progress:
         final, record, calib, eval_src = compress_model(spec, rec, data, eval_data, on_progress)
@@ -293,13 +302,14 @@ def sweep(
     finetune_epochs: int = typer.Option(5, "--finetune-epochs"),
     train_epochs: int = typer.Option(0, "--train-epochs", help="train MODEL first (a model built in code is untrained)"),
     input: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
     force: bool = typer.Option(False, "--force"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Sparsity-vs-accuracy curve: prune to each sparsity, fine-tune, measure; writes sweep.png and report.json."""
     from .compress.prune import check_sparsity, sweep as run_sweep
     from .compress.run import data_splits, eval_split
-    from .model import load, parse_input
+    from .model import load, parse_input, task_name
     from .sweep import write_sweep
 
     try:
@@ -308,8 +318,10 @@ def sweep(
         raise EdgeshipError(f"--prune {prune_!r} is not a comma-separated list of numbers", hint="e.g. --prune 0,0.3,0.5,0.7") from None
     if method not in ("structured", "unstructured"):
         raise EdgeshipError(f"--method must be structured or unstructured, got {method!r}")
+    if task is not None:
+        task_name(task)
     with _claim(out, force):
-        spec = load(model, [parse_input(t) for t in input])
+        spec = load(model, [parse_input(t) for t in input], task=task)
         train, val = data_splits(eval_data, spec)
         test = eval_split(eval_data, spec)
         progress, on_progress = _training_progress()

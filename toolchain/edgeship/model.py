@@ -28,7 +28,12 @@ DTYPES = {
 }
 _DTYPE_ALIASES = {"f32": "float32", "fp32": "float32", "float": "float32", "f16": "float16", "fp16": "float16",
                   "i64": "int64", "long": "int64", "i32": "int32", "int": "int32", "u8": "uint8", "i8": "int8"}
-TASKS = ("image-classification", "text-classification", "classification", "generic")
+TASKS = ("image-classification", "text-classification", "classification", "detection", "segmentation", "embedding",
+         "generic")
+# --task NAME on the command line -> ModelSpec.task. detection/segmentation/embedding are recorded in the manifest
+# (and embedding marks the first output as an embedding); only classification changes verification (top-1 agreement).
+CLI_TASKS = {"classify": "classification", "detect": "detection", "segment": "segmentation", "embed": "embedding",
+             "generic": "generic"}
 INPUT_KINDS = ("mask",)
 DEFAULT_INT_HIGH = 10            # integer inputs that feed no embedding and have no range: 0..9, as before
 _MASK_NAME = re.compile(r"mask", re.IGNORECASE)
@@ -335,6 +340,28 @@ def infer_input_ranges(module: nn.Module, inputs: Sequence[InputSpec]) -> tuple[
     return tuple(out)
 
 
+def task_name(text: str) -> str:
+    """--task: classify|detect|segment|embed|generic (or an internal task name) -> ModelSpec.task."""
+    key = text.strip().lower()
+    if key in CLI_TASKS:
+        return CLI_TASKS[key]
+    if key in TASKS:
+        return key
+    raise EdgeshipError(f"unknown task {text!r}", hint=f"use one of {', '.join(CLI_TASKS)}")
+
+
+def with_task(spec: "ModelSpec", task: str) -> "ModelSpec":
+    """The spec with the task --task names: a classifier the factory already calls image- or text-classification
+    keeps that name; --task embed marks the first output as an embedding, --task detect as raw (pre-NMS) tensors."""
+    task = task_name(task)
+    if task == "classification" and spec.task.endswith("classification"):
+        return spec
+    meaning = spec.output_meaning
+    if meaning in ("logits", "embedding", "other"):
+        meaning = {"embedding": "embedding", "detection": "other"}.get(task, "logits")
+    return replace(spec, task=task, output_meaning=meaning)
+
+
 def _import_file(path: Path):
     if not path.is_file():
         raise EdgeshipError(f"model file {str(path)!r} does not exist", hint="MODEL is path/to/file.py:factory, package.module:attr or example:NAME")
@@ -457,11 +484,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None, seed: int = 0) -> ModelSpec:
-    """Build a ModelSpec from a MODEL reference and optional ``--input`` specs (which override the factory's).
-    Integer inputs get their ranges from the model
+def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None, seed: int = 0,
+         task: str | None = None) -> ModelSpec:
+    """Build a ModelSpec from a MODEL reference and optional ``--input`` specs (which override the factory's) and
+    ``--task`` (which overrides the factory's). Integer inputs get their ranges from the model
     (:func:`infer_input_ranges`). Every random source is seeded with ``seed`` first (the import of a model file may
     draw weights too)."""
+    if task is not None:
+        task_name(task)   # an unknown task is refused before the model loads
     seed_everything(seed)
     obj = resolve(ref)
     if inspect.isclass(obj) and issubclass(obj, nn.Module) or (callable(obj) and not isinstance(obj, nn.Module)):
@@ -498,6 +528,8 @@ def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None,
                             hint="the factory must return an nn.Module, (module, example_inputs) or an edgeship ModelSpec")
     if name or spec.name == "model":
         spec = replace(spec, name=name or default_name)
+    if task is not None:
+        spec = with_task(spec, task)
     check_memory(spec)
     spec = replace(spec, inputs=infer_input_ranges(spec.module, spec.inputs))
     spec.check_runs()
