@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Sequence, TypeVar
 
@@ -318,6 +319,7 @@ class PT2EResult:
     notes: list[str] = field(default_factory=list)
     layers: dict[str, str] = field(default_factory=dict)    # conv/linear layer -> "int8" | "float", as converted
     recipe: str = ""                                 # the kept candidate's label
+    seconds: dict[str, float] = field(default_factory=dict)  # recipe -> s to build and measure it
 
 
 def sqnr_db(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
@@ -382,6 +384,7 @@ class Choice:
     tried: dict[str, float]                     # label -> SQNR dB on the held-back samples (-inf: it failed)
     latency_ms: dict[str, float] = field(default_factory=dict)   # label -> ms, for the candidates that met the target
     why: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)      # label -> s to build and measure it
 
     @property
     def sqnr_db(self) -> float:
@@ -401,14 +404,18 @@ def choose(candidates: Sequence[Candidate], measure: Callable[[Any], float], *, 
     anything else is recorded as -inf (its error logged); if every one raises, the last error propagates."""
     tried: dict[str, float] = {}
     built: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
     error: BaseException | None = None
     for r in sorted({c.round for c in candidates}):
         for c in (c for c in candidates if c.round == r):
+            start = time.perf_counter()
             try:
                 made = c.make()
                 tried[c.label] = round(float(measure(made)), 2)
                 built[c.label] = made
-                log.info("int8 candidate %s: %.2f dB SQNR on the held-back samples", c.label, tried[c.label])
+                seconds[c.label] = round(time.perf_counter() - start, 1)
+                log.info("int8 candidate %s: %.2f dB SQNR on the held-back samples (%.1f s)", c.label, tried[c.label],
+                         seconds[c.label])
             except NotApplicable as e:
                 log.info("int8 candidate %s does not apply: %s", c.label, e)
             except Exception as e:  # noqa: BLE001 - one recipe failing leaves the others to try
@@ -417,12 +424,13 @@ def choose(candidates: Sequence[Candidate], measure: Callable[[Any], float], *, 
                 tried[c.label], error = float("-inf"), e
         meeting = [k for k in built if tried[k] >= target_db]
         if meeting:   # speed only among those close to the most faithful (a tie on the held-back samples)
-            return _keep(meeting, SPEED_MARGIN_DB, built, tried, speed, f"meets {target_db:g} dB",
-                         f"fastest of those meeting {target_db:g} dB")
+            return dataclasses.replace(_keep(meeting, SPEED_MARGIN_DB, built, tried, speed, f"meets {target_db:g} dB",
+                                             f"fastest of those meeting {target_db:g} dB"), seconds=seconds)
     if not built:
         raise error  # type: ignore[misc]
-    return _keep(list(built), TIE_DB, built, tried, speed, f"most faithful; none met {target_db:g} dB",
-                 f"none met {target_db:g} dB; fastest of those within {TIE_DB:g} dB of the most faithful")
+    return dataclasses.replace(_keep(list(built), TIE_DB, built, tried, speed, f"most faithful; none met {target_db:g} dB",
+                                     f"none met {target_db:g} dB; fastest of those within {TIE_DB:g} dB of the most faithful"),
+                               seconds=seconds)
 
 
 def _keep(labels: list[str], margin_db: float, built: dict, tried: dict[str, float], speed, why_best: str,
@@ -502,11 +510,13 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
                   fold_quantize: bool = True, keep_float: Collection[str] = (), remedies: bool = True,
                   calibrated_on_data: bool = True, pads: bool = False) -> PT2EResult:
     """Static int8 with a backend's PT2E quantizer, measured (:func:`choose`): the activation ``observers`` in order,
-    then, when none meets ``target_db`` on held-back calibration samples, each again on the cross-layer-equalized
-    graph (compress.equalize; exact in float) and, where LayerNorms or linear layers feed linear layers, on the
-    SmoothQuant-migrated graph (compress.smooth; exact in float), then automatic mixed precision: the modules whose ops lose most SQNR
-    (:func:`float_ranking`) kept in float, ``MIXED_STEPS`` of them in turn, within ``MIXED_FLOAT_BUDGET`` of the weights. The
-    first that meets the target is kept, else the most faithful of all.
+    then, when none meets ``target_db`` on held-back calibration samples, the remedies with the observer that did
+    best (min/max on a tie: it calibrates faster): the cross-layer-equalized graph (compress.equalize; exact in
+    float) and, where LayerNorms or linear layers feed linear layers, the SmoothQuant-migrated graph
+    (compress.smooth; exact in float); then automatic mixed precision: the modules whose ops lose most SQNR
+    (:func:`float_ranking`) kept in float, the fewest of the ``MIXED_STEPS`` sets within ``MIXED_FLOAT_BUDGET`` of
+    the weights that meets the target, found by bisection (the largest set first). The first round that meets the
+    target decides, else the most faithful of all is kept.
 
     ``make_config()`` returns the backend's ``QuantizationConfig`` (per-channel symmetric weights);
     ``make_quantizer(config)`` returns the backend's quantizer with that config set globally. The layers in
@@ -530,8 +540,17 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
     graphs = {"plain": lambda: exported, "cle": lambda: equalization()[0], "smooth": lambda: smoothing()[0]}
     made: dict[str, torch.fx.GraphModule] = {}
 
-    def make(observer: str, graph: str = "plain", keep: Collection[str] = ()):
+    def remedy_observer() -> str:
+        """The observer the remedies use: the best on the plain graph, the first of ``observers`` on a tie (on the
+        PP-OCR detector both plain graphs kept 0 dB, and mixed precision kept 12.9 dB with the histogram observer,
+        0 dB with min/max)."""
+        db = {o: measure(made[o]) for o in observers if o in made}
+        return next((o for o in observers if o in db and db[o] >= max(db.values()) - TIE_DB), observers[0])
+
+    def make(observer: str | None, graph: str = "plain", keep: Collection[str] = ()):
         def build():
+            if observer is None:
+                return make(remedy_observer(), graph, keep)()
             q = (quantizer if not keep else
                  lambda c: select_layers(make_quantizer(c), frozenset(keep_float) | frozenset(keep)))  # noqa: E731
             gm = prepare_calibrate_convert(module, example_args, make_config, q, calibrate_on, observer,
@@ -543,35 +562,68 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
 
     static = not any(c.is_dynamic for c in _activation_specs(make_config()))
     candidates = [Candidate(f"{o} observer", make(o), round=k) for k, o in enumerate(observers)]
-    mixed: dict[str, tuple[list[str], float]] = {}
+    scores: dict[int, tuple[Any, float]] = {}   # id(graph) -> (graph, SQNR dB): the mixed precision search
+                                                # measures as it goes; the graph is kept so its id stays its own
+    def measure(gm) -> float:
+        if id(gm) not in scores:
+            scores[id(gm)] = (gm, sqnr_db(reference, _outputs(gm, measure_on)))
+        return scores[id(gm)][1]
+
+    mixed: dict[str, tuple[list[str], float, float]] = {}   # label -> (float modules, their weight share, SQNR dB)
+    graph_float: dict[int, list[str]] = {}                  # id(the graph the search returned) -> its float modules
     if remedies and static:
         from .smooth import smooth_pairs
-        candidates += [Candidate(f"cross-layer equalized, {o} observer", make(o, "cle"), round=len(observers))
-                       for o in observers]
+        candidates.append(Candidate("cross-layer equalized", make(None, "cle"), round=len(observers)))
         if smooth_pairs(exported):
-            candidates += [Candidate(f"SmoothQuant, {o} observer", make(o, "smooth"), round=len(observers))
-                           for o in observers]
-        ranking = functools.cache(lambda: float_ranking(module, exported, made[observers[0]],
+            candidates.append(Candidate("SmoothQuant", make(None, "smooth"), round=len(observers)))
+        ranking = functools.cache(lambda: float_ranking(module, exported, made[remedy_observer()],
                                                         (list(measure_on) + list(calibrate_on))[:RANKING_SAMPLES],
                                                         frozenset(keep_float)))
-        for k in MIXED_STEPS:
-            def build_mixed(k=k):
+
+        def build_mixed():
+            """The fewest float modules that meet the target, by bisection over the ``MIXED_STEPS`` layer sets (the
+            largest first: when it misses, no smaller set is built)."""
+            sets: list[tuple[list[str], float]] = []
+            for k in MIXED_STEPS:
                 keep, share = _top_within_budget(ranking(), k)
-                if not keep or any(keep == m[0] for m in mixed.values()):
-                    raise NotApplicable(f"no new layer set within {MIXED_FLOAT_BUDGET:.0%} of the weights")
-                mixed[f"mixed precision, {k} float"] = (keep, share)
-                return make(observers[0], "plain", keep)()
-            candidates.append(Candidate(f"mixed precision, {k} float", build_mixed, round=len(observers) + 1 + k))
-    choice = choose(candidates, lambda gm: sqnr_db(reference, _outputs(gm, measure_on)), target_db=target_db)
-    observer = choice.label.split(", ")[-1].removesuffix(" observer") if not choice.label.startswith("mixed") \
-        else observers[0]
+                if keep and all(keep != s[0] for s in sets):
+                    sets.append((keep, share))
+            if not sets:
+                raise NotApplicable(f"no layer set within {MIXED_FLOAT_BUDGET:.0%} of the weights")
+            graphs: dict[int, torch.fx.GraphModule] = {}
+
+            def db(i: int) -> float:
+                if i not in graphs:
+                    graphs[i] = make(None, "plain", sets[i][0])()
+                    mixed[f"mixed precision, {len(sets[i][0])} float"] = (*sets[i], round(measure(graphs[i]), 2))
+                return measure(graphs[i])
+
+            lo, hi = 0, len(sets) - 1
+            if db(hi) >= target_db:
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if db(mid) >= target_db else (mid + 1, hi)
+            graph_float[id(graphs[hi])] = sets[hi][0]
+            return graphs[hi]
+        candidates.append(Candidate("mixed precision", build_mixed, round=len(observers) + 1))
+    choice = choose(candidates, measure, target_db=target_db)
+    if "mixed precision" in choice.tried and mixed:   # list every layer set the search measured, name the one kept
+        seconds = choice.seconds.pop("mixed precision", None)
+        returned = next(k for k, v in mixed.items() if v[0] in graph_float.values())
+        del choice.tried["mixed precision"]
+        choice.tried |= {k: v[2] for k, v in mixed.items()}
+        if seconds is not None:
+            choice.seconds[returned] = seconds
+        if choice.label == "mixed precision":
+            choice.label = returned
+    observer = choice.label.removesuffix(" observer") if choice.label.endswith(" observer") else remedy_observer()
     notes = [f"static int8: per-channel symmetric int8 weights, per-tensor int8 activations ({observer} observer)"]
     if choice.label.startswith("cross-layer"):
         notes.append(equalization()[1].note())
     if choice.label.startswith("SmoothQuant"):
         notes.append(smoothing()[1].note())
     if choice.label in mixed:
-        keep, share = mixed[choice.label]
+        keep, share, _ = mixed[choice.label]
         notes.append(f"mixed precision (automatic, the int8 recipes missed {target_db:g} dB): kept in float "
                      f"{', '.join(keep)} ({share:.1%} of the weights), the ops that lost most SQNR on held-back "
                      f"calibration samples; {1 - share:.1%} of the weights stay int8")
@@ -581,10 +633,10 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
     if choice.sqnr_db < target_db:
         notes.append(low_sqnr_note(choice, calibrated_on_data=calibrated_on_data))
     return PT2EResult(choice.made, observer, choice.sqnr_db, choice.tried, notes,
-                      graph_layer_precisions(choice.made), choice.label)
+                      graph_layer_precisions(choice.made), choice.label, choice.seconds)
 
 
-MIXED_STEPS = (1, 2, 4, 8, 16, 32)   # modules kept in float, tried in this order by the automatic mixed precision
+MIXED_STEPS = (1, 2, 4, 8, 16, 32)   # modules kept in float: the layer sets the automatic mixed precision bisects
 MIXED_FLOAT_BUDGET = 0.10         # at most this share of the weights float (issue #12: >= 90% stay int8)
 RANKING_SAMPLES = 4               # inputs the per-op loss ranking runs (2 missed PP-OCR's head conv, 4 found it)
 

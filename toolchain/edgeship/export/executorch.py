@@ -62,6 +62,7 @@ class ExecuTorchExporter:
             details["observer"] = "dynamic" if why is not None else pt2e.observer
             details["recipe"] = pt2e.recipe
             details["candidates_sqnr_db"] = pt2e.tried
+            details["candidates_s"] = pt2e.seconds
             if any(k in details["portable_ops"] for k in ("quantize_per_tensor", "dequantize_per_tensor",
                                                          "quantize_per_channel", "dequantize_per_channel")):
                 notes.append("some quantize/dequantize ops stayed outside XNNPACK (portable kernels)")

@@ -192,7 +192,8 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
                 notes.append(low_sqnr_note(choice, calibrated_on_data=calib is not None))
             details |= {"quantizer": "onnxruntime quantize_static (QDQ)", "recipe": kept, "calibration": method,
                         "activations": acts, "candidates_sqnr_db": choice.tried,
-                        "candidates_latency_ms": choice.latency_ms, "calibration_samples": len(samples),
+                        "candidates_latency_ms": choice.latency_ms, "candidates_s": choice.seconds,
+                        "calibration_samples": len(samples),
                         "measured_on_samples": len(measure_on)}
             made = onnx.load(str(path))
     from ..compress.quantize import layer_details, layers_note

@@ -106,7 +106,7 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path, keep=frozenset
     reference = reference_outputs(spec.module, measure_on)
     work = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=".int8-"))
     made_notes: dict[str, list[str]] = {}
-    recipes: dict[str, tuple[str, dict]] = {}   # candidate -> (recipe it shipped, PT2E graphs tried: SQNR in torch)
+    recipes: dict[str, tuple[str, dict, dict]] = {}   # candidate -> (recipe, PT2E graphs tried: SQNR in torch, s)
 
     def pt2e() -> Path:
         from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
@@ -119,7 +119,7 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path, keep=frozenset
         quant = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(config()))
         litert_torch.convert(res.module, spec.example_inputs(), quant_config=quant).export(str(out))
         made_notes["pt2e"] = ["litert-torch PT2E " + res.notes[0]] + res.notes[1:]
-        recipes["pt2e"] = (f"litert-torch PT2E, {res.recipe}", res.tried)
+        recipes["pt2e"] = (f"litert-torch PT2E, {res.recipe}", res.tried, res.seconds)
         return out
 
     def aeq_static() -> Path:
@@ -136,7 +136,7 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path, keep=frozenset
         _apply_recipe(out, keep_float_recipe(recipe.static_wi8_ai8(), out, spec.module, keep), data)
         made_notes["ai-edge-quantizer"] = ["static int8 with ai-edge-quantizer static_wi8_ai8 (int8 weights and "
                                            "activations, min/max calibration)"]
-        recipes["ai-edge-quantizer"] = ("ai-edge-quantizer static_wi8_ai8", {})
+        recipes["ai-edge-quantizer"] = ("ai-edge-quantizer static_wi8_ai8", {}, {})
         return out
 
     try:
@@ -152,7 +152,8 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path, keep=frozenset
     if choice.sqnr_db < TARGET_DB:
         notes.append(low_sqnr_note(choice, calibrated_on_data=calib is not None))
     details = {"quantizer": kept, "recipe": recipes[kept][0], "candidates_sqnr_db": choice.tried,
-               "pt2e_candidates_sqnr_db": recipes.get("pt2e", ("", {}))[1],
+               "pt2e_candidates_sqnr_db": recipes.get("pt2e", ("", {}, {}))[1],
+               "pt2e_candidates_s": recipes.get("pt2e", ("", {}, {}))[2], "candidates_s": choice.seconds,
                "calibration_samples": len(calibrate_on), "measured_on_samples": len(measure_on)}
     details |= _inspect(tmp)
     quantized_io = [n for n, dt in details["io_dtypes"].items() if dt in ("int8", "uint8")]
