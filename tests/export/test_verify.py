@@ -87,3 +87,12 @@ def test_every_precision_is_one_typed_scheme_that_carries_its_tolerance():
     assert "unknown precision 'int4'" in str(e.value) and "fp32, fp16, int8" in e.value.hint
     with pytest.raises(EdgeshipError):
         QuantizeSection(precision="int4")
+
+
+def test_top1_agreement_counts_every_row_of_a_batch():
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((4, 5)).astype(np.float32)
+    got = ref.copy()
+    got[2] = -got[2]                      # one row of four now picks another class
+    p = verify.compare([[ref], [ref]], [[ref], [got]], "int8", classifier=True)
+    assert p.top1_agreement == pytest.approx(7 / 8)

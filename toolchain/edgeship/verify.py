@@ -164,8 +164,8 @@ def compare(refs: Sequence[Sequence[np.ndarray]], gots: Sequence[Sequence[np.nda
         else:
             for r, g in zip(ref, got):
                 cos_worst = min(cos_worst, cosine(np.asarray(r, np.float32), np.asarray(g, np.float32).reshape(np.shape(r))))
-        if classifier:
-            agree.append(float(np.argmax(ref[0], axis=-1).ravel()[0] == np.argmax(got[0].reshape(ref[0].shape), axis=-1).ravel()[0]))
+        if classifier:   # every row of a batch counts
+            agree += list(np.argmax(ref[0], axis=-1).ravel() == np.argmax(got[0].reshape(ref[0].shape), axis=-1).ravel())
     s = sqnr_db(np.concatenate(r_all), np.concatenate(g_all))
     value = cos_worst if metric == "cosine" else s
     top1 = float(np.mean(agree)) if agree else None

@@ -31,6 +31,11 @@ class ExecuTorchExporter:
     extra = "executorch"
     module = "executorch.exir"
 
+    def __init__(self, share_tied_weights: bool = True):
+        # False: a float weight shared with a portable op (a tied embedding) is copied into XNNPACK's delegate as
+        # a constant, as ExecuTorch does: a larger file, no packing at each inference (see partitioner()).
+        self.share_tied_weights = share_tied_weights
+
     def export(self, spec: ModelSpec, out_dir: Path, precision: str, calib=None, quant=None) -> Exported:
         import torch
         exir = require("executorch.exir", self.extra, "ExecuTorch export")
@@ -51,7 +56,12 @@ class ExecuTorchExporter:
             module = pt2e.module
             notes += pt2e.notes
         ep = torch.export.export(module, args, strict=False)
-        edge = exir.to_edge_transform_and_lower(ep, partitioner=[partitioner()])
+        part = partitioner(self.share_tied_weights)
+        edge = exir.to_edge_transform_and_lower(ep, partitioner=[part])
+        lone = _delegate_only(edge.exported_program(), part.runtime_weights)
+        if lone:   # see partitioner(): such a weight crashed ExecuTorch 1.5.1 when the .pte is loaded from a file
+            log.info("weights %s became run-time inputs read only by XNNPACK; lowering again with them as constants", lone)
+            edge = exir.to_edge_transform_and_lower(ep, partitioner=[partitioner(False)])
         details = delegation(edge.exported_program().graph_module)
         if pt2e is not None:
             from ..compress.quantize import layer_details, layers_note
@@ -68,6 +78,12 @@ class ExecuTorchExporter:
                 notes.append("some quantize/dequantize ops stayed outside XNNPACK (portable kernels)")
         if details["portable_ops"]:
             notes.append("left on portable kernels: " + ", ".join(f"{k}×{v}" for k, v in details["portable_ops"].items()))
+        shared = shared_weights(edge.exported_program())
+        if shared:
+            details["shared_weights_deduplicated"] = shared
+            notes.append("stored once: " + ", ".join(f"{k} ({v / 1e6:.1f} MB)" for k, v in shared.items())
+                         + ", read by a portable op and by XNNPACK, which takes it as a run-time input instead of "
+                           "keeping a second copy (it packs the weight at each inference: smaller file, some latency)")
         program = edge.to_executorch()
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(program.buffer)
@@ -101,17 +117,28 @@ def _quantize(spec: ModelSpec, calib, quant=None, dynamic_why: str | None = None
     return result
 
 
-def partitioner():
-    """XNNPACK's partitioner with two fixes, both measured on real networks (bench/fidelity.md):
+def partitioner(share_tied_weights: bool = True):
+    """XNNPACK's partitioner with three fixes, the first two measured on real networks (bench/fidelity.md):
 
     * int8 constant pads: XNNPACK pads int8 tensors (a copy with the zero point), but ExecuTorch's config lists
       constant_pad_nd as fp32 only, so each pad of an int8 graph ran in float between conversions
       (compress.quantize.int8_pads makes them int8; PADS has the figures).
     * PReLU only on 4-D tensors: XNNPACK's channels-last pass requires PReLU's input in NHWC, so a PReLU after a
       Linear (MTCNN's R-Net and O-Net) failed the whole lowering, fp32 included ("Attempting to convert non-NHWC
-      compatible node to NHWC"). Such a PReLU now stays outside the delegate (two portable ops, exact)."""
+      compatible node to NHWC"). Such a PReLU now stays outside the delegate (two portable ops, exact).
+    * Tied weights stored once: a float weight that a Linear shares with an op XNNPACK does not take (GPT-2's
+      output layer reads the token embedding's matrix) was copied into the delegate while the embedding kept its
+      own, so the .pte held it twice (tiny GPT-2: 6.78 MB for 4.18 MB of parameters). Such a Linear now takes its
+      weight as a run-time input (XNNPACK's ``force_non_static_weights_for_f32_linear``, for that Linear only):
+      one copy in the program (4.22 MB), which XNNPACK packs at each inference (:func:`shared_weights` lists them).
+      The cost, measured at 1 thread on a GPT-2 with a 50257 x 256 embedding: 109.4 -> 57.9 MB, and 7.4 -> 19.4 ms
+      for 16 tokens, 80.7 -> 90.1 ms for 128 (the packing is a fixed ~10 ms). ``share_tied_weights=False`` (the
+      exporter's option) keeps ExecuTorch's behaviour. A weight made a run-time input that in the end only XNNPACK
+      reads (the other reader was delegated too) is lowered again as a constant: in executorch 1.5.1 such a .pte
+      crashed (segmentation fault) when loaded from a file path, though it ran when loaded from bytes."""
     import torch
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.gemm_configs import LinearConfig
     from executorch.backends.xnnpack.partition.config.generic_node_configs import ConstantPadConfig
     from executorch.backends.xnnpack.partition.config.node_configs import PreluConfig
     from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
@@ -126,8 +153,53 @@ def partitioner():
             val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
             return getattr(val, "ndim", 0) == 4 and super().check_constraints(node, ep)
 
-    swap = {ConstantPadConfig: Int8ConstantPadConfig, PreluConfig: NHWCPreluConfig}
-    return XnnpackPartitioner(configs=[swap.get(c, c) for c in ALL_PARTITIONER_CONFIGS])
+    class SharedWeightLinearConfig(LinearConfig):
+        def _get_weight_deps(self, node, ep, precision):
+            weight = node.args[1] if len(node.args) > 1 else None
+            if share_tied_weights and precision == ConfigPrecisionType.FP32 and _shared_with_other_ops(ep, weight):
+                made.runtime_weights.add(weight.name)
+                return True, []   # the weight stays outside the partition: a run-time input of the delegate
+            return super()._get_weight_deps(node, ep, precision)
+
+    swap = {ConstantPadConfig: Int8ConstantPadConfig, PreluConfig: NHWCPreluConfig,
+            LinearConfig: SharedWeightLinearConfig}
+    made = XnnpackPartitioner(configs=[swap.get(c, c) for c in ALL_PARTITIONER_CONFIGS])
+    made.runtime_weights = set()   # the weight nodes left to the delegates as run-time inputs
+    return made
+
+
+def _shared_with_other_ops(ep, weight) -> bool:
+    """Whether ``weight`` (a Linear's weight node) is a parameter or constant that an op other than a Linear also
+    reads (a tied embedding): delegated as a constant, it would be stored twice."""
+    import torch
+    from executorch.backends.xnnpack.utils.utils import is_param_node
+    if not isinstance(weight, torch.fx.Node) or not is_param_node(ep, weight):
+        return False
+    # aten.linear.default is an OpOverload ("linear.default") or, in the edge dialect, an EdgeOpOverload ("aten.…")
+    return any(getattr(u.target, "__name__", "").removeprefix("aten.") != "linear.default" for u in weight.users)
+
+
+def _delegate_only(ep, names) -> list[str]:
+    """Of the placeholders named ``names``, those that only XNNPACK delegates read in the lowered program."""
+    return [n.name for n in ep.graph_module.graph.nodes
+            if n.op == "placeholder" and n.name in names and n.users
+            and all("executorch_call_delegate" in getattr(u.target, "__name__", "") for u in n.users)]
+
+
+def shared_weights(ep) -> dict[str, int]:
+    """The parameters and constants of a lowered program (``edge.exported_program()``) that XNNPACK delegates take
+    as run-time inputs while other ops read them too: each is stored once in the .pte. Name -> bytes."""
+    sig = ep.graph_signature
+    names = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
+    out: dict[str, int] = {}
+    for node in ep.graph_module.graph.nodes:
+        if node.op != "placeholder" or node.name not in names:
+            continue
+        delegates = [u for u in node.users if "executorch_call_delegate" in getattr(u.target, "__name__", "")]
+        val = node.meta.get("val")
+        if delegates and len(delegates) < len(node.users) and val is not None:
+            out[names[node.name]] = int(val.numel() * val.element_size())
+    return out
 
 
 def lowered_layers(gm) -> dict[str, str]:

@@ -75,6 +75,12 @@ class OnnxExporter:
 
         model, scopes, notes, nodes = to_onnx(spec.module, fp16=precision == "fp16")
         details = {"opset": OPSET, "nodes": nodes}
+        merged, saved = dedupe_initializers(model)
+        if merged:
+            details["shared_weights_deduplicated"] = merged
+            named = [f"{k} (= {', '.join(v)})" for k, v in merged.items()]
+            notes.append(f"{sum(map(len, merged.values()))} duplicate weight initializer(s) stored once, "
+                         f"{saved / 1e6:.1f} MB saved: " + "; ".join(named[:3]) + (" …" if len(named) > 3 else ""))
         if scheme(precision).kind in ("static", "dynamic"):
             model, qnotes, qdetails = _quantize(onnx, model, spec, precision, calib, out_dir, quant, scopes, to_onnx)
             notes += qnotes
@@ -333,6 +339,58 @@ def _max_diff(a, b, feeds: list) -> float | None:
             log.info("onnxruntime could not run a graph while checking onnxslim: %s", e)
             return None
     return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) for x, y in zip(*outs))
+
+
+DEDUPE_MIN_BYTES = 16384   # smaller constants (norms, biases, shapes) are left as the exporter named them
+
+
+def dedupe_initializers(model) -> tuple[dict[str, list[str]], int]:
+    """Make identical initializers (same dtype, shape and bytes; at least DEDUPE_MIN_BYTES) one, in place: every
+    node, in subgraphs too, reads the first of them. Tied weights (GPT-2's token embedding and output layer) are
+    one initializer when torch.onnx sees one tensor; this keeps them one whatever made the copy (an exporter that
+    duplicates a shared parameter, a constant fold). Graph inputs and outputs are never renamed.
+    Returns ({kept name: [merged names]}, bytes saved)."""
+    import hashlib
+
+    from onnx import numpy_helper
+
+    graph = model.graph
+    io = {v.name for v in graph.input} | {v.name for v in graph.output}
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    saved = 0
+    for init in graph.initializer:
+        if init.name in io:
+            continue
+        data = numpy_helper.to_array(init)
+        if data.nbytes < DEDUPE_MIN_BYTES:
+            continue
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(data.tobytes()).digest())
+        if key in first:
+            rename[init.name] = first[key]
+            saved += data.nbytes
+        else:
+            first[key] = init.name
+    if not rename:
+        return {}, 0
+
+    def rewire(g) -> None:
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    rewire(sub)
+
+    rewire(graph)
+    kept = [i for i in graph.initializer if i.name not in rename]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    merged: dict[str, list[str]] = {}
+    for dup, name in rename.items():
+        merged.setdefault(name, []).append(dup)
+    return merged, saved
 
 
 def _save(onnx, model, path: Path) -> None:
