@@ -43,6 +43,15 @@ def tiny_gpt2() -> ModelSpec:
     return ModelSpec(model, (InputSpec("input_ids", (1, 16), "int64", high=VOCAB),), name="tiny_gpt2")
 
 
+def tiny_bert_with_mask() -> ModelSpec:
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    model = _Only(BertModel(cfg).eval(), "last_hidden_state").eval()
+    return ModelSpec(model, (InputSpec("input_ids", (1, 16), "int64", high=1000),
+                             InputSpec("attention_mask", (1, 16), "int64", high=2)), name="tiny_bert")
+
+
 def unique_parameter_bytes(module: torch.nn.Module) -> int:
     """Bytes of the parameters and buffers, each storage counted once (tied weights share one)."""
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
@@ -139,3 +148,42 @@ def test_onnx_identical_initializers_become_one():
     after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     np.testing.assert_array_equal(before, after)
     assert dedupe_initializers(model) == ({}, 0)
+
+
+def test_integer_scalars_stay_integer_through_xnnpack_prepare():
+    """pytorch/executorch#22062 in 12 lines: XNNPACK's quantizer lifted the ``0`` of ``arange(4) + 0`` as
+    ``tensor(0.)``, the index turned float and calibration raised "IndexError: tensors used as indices must be long,
+    int, byte or bool tensors". With edgeship's quantizer the prepared graph runs and matches."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from edgeship.export.executorch import xnnpack_quantizer
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x)[:, torch.arange(4) + 0]
+
+    m, x = Tiny().eval(), (torch.randn(2, 4),)
+    gm = torch.export.export(m, x, strict=False).module()
+    prepared = prepare_pt2e(gm, xnnpack_quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
+    torch.testing.assert_close(prepared(*x), m(*x))
+    lifted = [getattr(prepared, n.target) for n in prepared.graph.nodes
+              if n.op == "get_attr" and n.target.startswith("_tensor_constant")]
+    assert lifted and all(t.dtype == torch.int64 for t in lifted)
+
+
+@pytest.mark.slow
+def test_bert_with_attention_mask_exports_int8_to_executorch(tmp_path):
+    """Before: every PT2E candidate failed ("IndexError: tensors used as indices must be long, int, byte or bool
+    tensors") and the artifact failed. Now: dynamic int8 (the model takes token ids), 6 int8 layers, parity passes."""
+    report = run_export(tiny_bert_with_mask(), tmp_path / "dist",
+                        ExportOptions(["executorch"], ("int8",), verify_samples=2))
+    art = report["artifacts"][0]
+    assert art["status"] == "ok", art.get("error")
+    assert art["details"]["observer"] == "dynamic"
+    assert len(art["details"]["int8_layers"]) == 6 and art["details"]["float_layers"] == []
+    assert art["parity"]["status"] == "pass", art["parity"]

@@ -96,8 +96,7 @@ def _quantize(spec: ModelSpec, calib, quant=None, dynamic_why: str | None = None
     ``dynamic_why`` says why (compress.quantize.dynamic_reason; activations quantized per inference, ``calib`` only
     measures). The layers in ``quant.keep_float`` stay float
     (they run as float ops, inside XNNPACK's delegates where it has them)."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
     from ..compress.quantize import OBSERVERS, calibration_inputs, quantize_pt2e
 
@@ -105,7 +104,7 @@ def _quantize(spec: ModelSpec, calib, quant=None, dynamic_why: str | None = None
     samples, notes = calibration_inputs(spec, calib)
     result = quantize_pt2e(spec.module, spec.example_inputs(),
                            lambda: get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic),
-                           lambda config: XNNPACKQuantizer().set_global(config), samples,
+                           lambda config: xnnpack_quantizer().set_global(config), samples,
                            observers=("minmax",) if dynamic else OBSERVERS,   # no activation observer when dynamic
                            keep_float=quant.keep_float if quant is not None else (), calibrated_on_data=calib is not None,
                            pads=True)
@@ -115,6 +114,46 @@ def _quantize(spec: ModelSpec, calib, quant=None, dynamic_why: str | None = None
         notes = [n.replace("calibrated on", "measured on") for n in notes if "real data" not in n]
     result.notes[:0] = notes
     return result
+
+
+def xnnpack_quantizer():
+    """XNNPACK's PT2E quantizer, with the integer scalars it lifts kept integer.
+
+    Before annotating, the quantizer lifts every scalar of ``aten.add.Tensor`` / ``aten.mul.Tensor`` into a
+    ``torch.tensor(float(x))`` constant (``_convert_scalars_to_attrs``), so an integer ``arange(n) + 0`` (the mask
+    arithmetic of Hugging Face BERT given an attention mask) turns float, and the ``aten.index`` it feeds fails when
+    the prepared graph is calibrated: "IndexError: tensors used as indices must be long, int, byte or bool tensors"
+    (pytorch/executorch#22062, fixed upstream by #22065, after executorch 1.5.1). Here each lifted constant takes the
+    dtype of the node that reads it, as the upstream fix does; where executorch has the fix this changes nothing."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    class IntegerScalarsXNNPACKQuantizer(XNNPACKQuantizer):
+        def transform_for_annotation(self, model):
+            return keep_integer_scalars(super().transform_for_annotation(model))
+
+    return IntegerScalarsXNNPACKQuantizer()
+
+
+def keep_integer_scalars(gm):
+    """Give each 0-d float constant that an integer ``add``/``mul`` reads (a lifted scalar) the node's own dtype:
+    an integer tensor and a Python float would have made a float node, so the scalar was an integer. In place."""
+    import torch
+    changed = False
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if (node.op != "call_function" or node.target not in (torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor)
+                or not isinstance(val, torch.Tensor) or val.dtype.is_floating_point or val.dtype.is_complex):
+            continue
+        for arg in node.args:
+            const = getattr(gm, arg.target, None) if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" else None
+            if isinstance(const, torch.Tensor) and const.ndim == 0 and const.is_floating_point():
+                setattr(gm, arg.target, const.to(val.dtype))   # a buffer the lifting pass registered
+                if isinstance(arg.meta.get("val"), torch.Tensor):
+                    arg.meta["val"] = arg.meta["val"].to(val.dtype)
+                changed = True
+    if changed:
+        gm.recompile()
+    return gm
 
 
 def partitioner(share_tied_weights: bool = True):
