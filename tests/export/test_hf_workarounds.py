@@ -15,6 +15,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeship.errors import EdgeshipError
 from edgeship.model import InputSpec, ModelSpec
 from edgeship.pipeline import ExportOptions, run_export
 
@@ -63,7 +64,7 @@ def unique_parameter_bytes(module: torch.nn.Module) -> int:
 def gpt2_export(tmp_path_factory):
     spec = tiny_gpt2()
     out = tmp_path_factory.mktemp("gpt2") / "dist"
-    report = run_export(spec, out, ExportOptions(["onnx", "executorch"], ("fp32",), verify_samples=2))
+    report = run_export(spec, out, ExportOptions(["onnx", "executorch", "coreml"], ("fp32",), verify_samples=2))
     return spec, out, {a["key"]: a for a in report["artifacts"]}
 
 
@@ -187,3 +188,45 @@ def test_bert_with_attention_mask_exports_int8_to_executorch(tmp_path):
     assert art["details"]["observer"] == "dynamic"
     assert len(art["details"]["int8_layers"]) == 6 and art["details"]["float_layers"] == []
     assert art["parity"]["status"] == "pass", art["parity"]
+
+
+@pytest.mark.slow
+def test_coreml_converts_gpt2_without_its_alias(gpt2_export):
+    """Before: "the coreml converter cannot handle op diff: NotImplementedError: Unsupported fx node alias, kind
+    alias {}". Now the alias (GPT-2's logits_to_keep slice) is removed before conversion."""
+    _, out, arts = gpt2_export
+    art = arts["coreml:fp32"]
+    assert art["status"] == "ok", art.get("error")
+    assert art["details"]["aliases_removed"] == 1
+    assert any(n.startswith("1 aten.alias op (a view that changes nothing") for n in art["notes"])
+    assert (out / art["path"]).is_dir()
+    if platform.system() != "Darwin":
+        assert art["parity"]["status"] == "not run"
+
+
+def test_drop_aliases_keeps_an_alias_that_is_an_output():
+    from edgeship.export.coreml import drop_aliases
+
+    class Aliases(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.aten.alias(x * 2) + 1, torch.ops.aten.alias(x - 1)
+
+    x = (torch.randn(2, 3),)
+    program = torch.export.export(Aliases(), x, strict=False).run_decompositions({})
+    assert drop_aliases(program) == 1
+    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.aten.alias.default) == 1   # the second output stays an alias
+    for got, want in zip(program.module()(*x), Aliases()(*x)):
+        torch.testing.assert_close(got, want)
+
+
+def test_coreml_names_an_op_it_cannot_convert():
+    from edgeship.export.coreml import unsupported_op_error
+
+    class Ct:
+        __version__ = "9.0"
+
+    err = unsupported_op_error(Ct, NotImplementedError("Unsupported fx node foo_bar, kind foo_bar {}"))
+    assert isinstance(err, EdgeshipError)
+    assert err.message == ("coremltools 9.0 cannot convert the op aten.foo_bar (NotImplementedError: Unsupported fx "
+                           "node foo_bar), also after decomposing to core ATen ops")

@@ -55,6 +55,7 @@ class CoreMLExporter:
             # Without run_decompositions coremltools refuses ("Provided Dialect: TRAINING"); an empty table keeps
             # composite ops (attention, layer norm) whole, which Core ML has kernels for.
             program = ep.run_decompositions({})
+            aliases = drop_aliases(program)
             mlmodel = convert(program)
         except NotImplementedError as e:
             if "Unsupported fx node" not in str(e):
@@ -62,9 +63,17 @@ class CoreMLExporter:
             # An op coremltools lacks (e.g. lstm): decompose to core ATen and try once more.
             log.info("coremltools: %s; retrying with core ATen decompositions", e)
             program = ep.run_decompositions()
-            mlmodel = convert(program)
+            aliases = drop_aliases(program)
+            try:
+                mlmodel = convert(program)
+            except NotImplementedError as again:
+                raise unsupported_op_error(ct, again) from again
             notes.append(f"converted after decomposing to core ATen ops ({str(e).split(',')[0]})")
         details = {"compute_precision": compute}
+        if aliases:
+            details["aliases_removed"] = aliases
+            notes.append(f"{aliases} aten.alias op{'s' * (aliases > 1)} (a view that changes nothing, e.g. GPT-2's "
+                         "logits_to_keep slice) removed before conversion: coremltools has no converter for it")
         if precision in WEIGHT_COMPRESSION:
             from ..compress.quantize import fx_layer_scopes, layer_details, layers_note
             keep = quant.keep_float if quant is not None else frozenset()
@@ -87,6 +96,40 @@ class CoreMLExporter:
         os.replace(tmp, path)
         return Exported(path, precision if precision in WEIGHT_COMPRESSION else compute, notes, details,
                         min_os={"ios": MIN_IOS.removeprefix("iOS"), "macos": "13"})
+
+
+def drop_aliases(program) -> int:
+    """Remove the ``aten.alias`` nodes of an exported program in place (each user reads the aliased tensor
+    instead); returns how many. torch.export keeps ``x[:, 0:]`` as an alias (GPT-2's ``slice_logits_to_keep`` with
+    ``logits_to_keep=0``), and coremltools 9.0 rejects it ("Unsupported fx node alias"), also after the core ATen
+    decompositions. An alias that is itself an output of the graph is kept (its name is the output's)."""
+    import torch
+    aliases = (torch.ops.aten.alias.default, torch.ops.aten.alias_copy.default)
+    gm, dropped = program.graph_module, 0
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in aliases and all(u.op != "output" for u in node.users):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            dropped += 1
+    if dropped:
+        gm.recompile()
+    return dropped
+
+
+def unsupported_op_error(ct, exc: NotImplementedError) -> EdgeshipError:
+    """The error for an op coremltools cannot convert even after the core ATen decompositions, naming the op."""
+    import re
+    text = str(exc)
+    found = re.search(r"Unsupported fx node (\S+?),?\s", text + " ")
+    op = found.group(1) if found else None
+    if op is None:
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return EdgeshipError(f"coremltools {ct.__version__} cannot convert this model: {first}",
+                             hint="--debug shows the converter's log; the other formats may still work")
+    return EdgeshipError(f"coremltools {ct.__version__} cannot convert the op aten.{op} (NotImplementedError: "
+                         f"Unsupported fx node {op}), also after decomposing to core ATen ops",
+                         hint="the other formats may still work; rewriting that part of the model without the op "
+                              "(or a coremltools release that converts it) fixes Core ML")
 
 
 WEIGHT_COMPRESSION = tuple(n for n, s in SCHEMES.items() if s.kind == "weight-only")
