@@ -112,8 +112,8 @@ def convert_matched(config):
 
 
 def _xnnpack_quantizer(config):
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
-    return XNNPACKQuantizer().set_global(config)
+    from ..export.executorch import xnnpack_quantizer
+    return xnnpack_quantizer().set_global(config)
 
 
 def _observers_follow_mode(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:

@@ -583,6 +583,8 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
         def build_mixed():
             """The fewest float modules that meet the target, by bisection over the ``MIXED_STEPS`` layer sets (the
             largest first: when it misses, no smaller set is built)."""
+            if not made:
+                raise NotApplicable("no plain int8 graph to rank the layers on: every plain recipe failed")
             sets: list[tuple[list[str], float]] = []
             for k in MIXED_STEPS:
                 keep, share = _top_within_budget(ranking(), k)

@@ -90,8 +90,10 @@ class _Simulation:
     def __init__(self, spec: ModelSpec, samples: Sequence[tuple], observer: str):
         from ..export import require
         require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "executorch", "int8 sensitivity analysis")
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                             get_symmetric_quantization_config)
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+
+        from ..export.executorch import xnnpack_quantizer
+        XNNPACKQuantizer = type(xnnpack_quantizer())   # noqa: N806 - integer scalars kept integer (#22062)
 
         class PTQQuantizer(XNNPACKQuantizer):
             # prepare_pt2e folds batch norms into convs before annotating, so the conv+bn patterns never match in
