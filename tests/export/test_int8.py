@@ -397,6 +397,50 @@ def test_constant_pads_are_quantized_with_their_input_not_left_as_float_islands(
     assert quantize.sqnr_db([module(x).detach().numpy()], [got]) > 25.0
 
 
+class _HardswishSE(nn.Module):
+    """PP-LCNet's blocks as onnx2torch gives them: hardswish written x * relu6(x + 3) / 6 and a squeeze-excite
+    whose pool is a mean over H, W."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.se1, self.se2, self.head = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        hs = lambda t: t * nn.functional.relu6(t + 3) / 6  # noqa: E731
+        x = hs(self.c1(x))
+        x = hs(self.c2(x))
+        x = x * torch.sigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3), keepdim=True)))))
+        return self.head(x)
+
+
+def test_onnxruntime_int8_rewrites_float_islands_into_ops_it_has_int8_kernels_for(tmp_path, monkeypatch):
+    """A division by a constant and a spatial mean stay float between quantize/dequantize pairs in onnxruntime;
+    as a multiplication by the reciprocal and GlobalAveragePool they run in int8 (on the pretrained PP-OCR
+    direction classifier this took the held-back SQNR from 21.5 to 48 dB and left 2 Q/DQ ops instead of 28).
+    Checked on the uint8-activation recipe: with int8 activations (S8S8) onnxruntime's x86 kernels leave Add, Mul
+    and pooling float whatever the graph (measured: 23 DequantizeLinear left), which the speed rule weighs."""
+    from edgeship.export import onnx as onnx_export
+    from edgeship.export.onnx import OnnxExporter
+    from edgeship.model import InputSpec, ModelSpec
+    from edgeship_runtime import open_runtime
+
+    torch.manual_seed(0)
+    module = _HardswishSE().eval()
+    samples = [(torch.randn(1, 3, 24, 24),) for _ in range(24)]
+    spec = ModelSpec(module=module, inputs=(InputSpec("x", (1, 3, 24, 24)),), name="hardswish_se")
+    monkeypatch.setattr(onnx_export, "ACTIVATIONS", ("U8S8",))
+    made = OnnxExporter().export(spec, tmp_path, "int8", calib=samples)
+    d = made.details
+    assert d["int8_forms"] == {"Div -> Mul by the reciprocal": 2, "ReduceMean over H, W -> GlobalAveragePool": 1}
+    assert set(d["runtime_graph"]["float_ops"]) <= {"Transpose"}, d["runtime_graph"]     # NCHW <-> NHWC only
+    assert d["runtime_graph"]["int8_kernels"]["QLinearGlobalAveragePool"] == 1
+    assert d["runtime_graph"]["int8_kernels"]["QLinearMul"] == 5                          # two per hardswish (x2), one SE
+    x = torch.randn(1, 3, 24, 24)
+    got = open_runtime(made.path).run([x.numpy()])[0]
+    assert quantize.sqnr_db([module(x).detach().numpy()], [got]) > 25.0
+
+
 def test_a_prelu_after_a_linear_lowers_to_executorch(tmp_path):
     """MTCNN's R-Net and O-Net: PReLU after a dense layer (2-D) made XNNPACK's channels-last pass fail the whole
     lowering, fp32 included. It now stays outside the delegate and the file runs exactly."""

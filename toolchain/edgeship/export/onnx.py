@@ -119,6 +119,11 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
                 pre = fp32
             return pre
 
+        forms = int8_kernel_forms(model) if not dynamic else {}
+        if forms:
+            details["int8_forms"] = forms
+            notes.append("rewritten so onnxruntime runs them in int8 (not float between quantize/dequantize pairs): "
+                         + ", ".join(f"{k} ×{v}" for k, v in forms.items()))
         pre = pre_processed(model, "fp32")
         keep = quant.keep_float if quant is not None else frozenset()
         exclude = excluded_nodes(onnx.load(str(pre)), scopes or {}, keep) if keep else []
@@ -151,8 +156,9 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
             smoothed: dict = {}
 
             def smooth() -> tuple[Path, list[str]]:   # the SmoothQuant-migrated graph, made once, and its exclusions
+                from ..compress.quantize import NotApplicable
                 if not smoothed:
-                    from ..compress.quantize import NotApplicable, export_graph
+                    from ..compress.quantize import export_graph
                     from ..compress.smooth import smooth_graph, smooth_pairs
                     graph = export_graph(spec.module, spec.example_inputs())
                     if to_onnx is None or not smooth_pairs(graph):
@@ -160,6 +166,7 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
                     else:
                         gm, report = smooth_graph(graph, samples)
                         m, s_scopes, _, _ = to_onnx(gm)
+                        int8_kernel_forms(m)
                         path = pre_processed(m, "smoothed")
                         smoothed["made"] = (path, excluded_nodes(onnx.load(str(path)), s_scopes, keep) if keep else [])
                         smoothed["note"] = report.note()
@@ -216,6 +223,52 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
     except Exception as e:  # noqa: BLE001 - a census only; the artifact is still checked by the parity gate
         log.warning("could not read onnxruntime's optimized graph: %s", e)
     return made, notes, details
+
+
+def int8_kernel_forms(model) -> dict[str, int]:
+    """Rewrite, in place, float ops that onnxruntime's quantizer leaves float into equivalent ones it has int8
+    kernels for, so they do not stay float islands between quantize/dequantize pairs: a division by a constant
+    becomes a multiplication by its reciprocal (QLinearMul; hardswish's ``/ 6``), and a mean over the two spatial
+    axes of a 4-D tensor that keeps them becomes GlobalAveragePool (QLinearGlobalAveragePool; squeeze-excite
+    blocks). Both are exact up to float rounding. Returns the count of each rewrite."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in (*onnx.shape_inference.infer_shapes(model).graph.value_info, *model.graph.input)
+             if v.type.tensor_type.HasField("shape")}
+    done: Counter = Counter()
+    reciprocals: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type == "Div" and len(node.input) == 2 and node.input[1] in inits:
+            d = numpy_helper.to_array(inits[node.input[1]])
+            if d.dtype.kind != "f" or not np.all(np.isfinite(d)) or np.any(d == 0):
+                continue
+            if node.input[1] not in reciprocals:
+                name = f"{node.input[1]}_reciprocal"
+                model.graph.initializer.append(numpy_helper.from_array((1 / d).astype(d.dtype), name))
+                reciprocals[node.input[1]] = name
+            node.op_type = "Mul"
+            node.input[1] = reciprocals[node.input[1]]
+            done["Div -> Mul by the reciprocal"] += 1
+        elif node.op_type == "ReduceMean" and ranks.get(node.input[0]) == 4:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            axes = attrs.get("axes")
+            if axes is None and len(node.input) > 1 and node.input[1] in inits:
+                axes = numpy_helper.to_array(inits[node.input[1]]).tolist()
+            if attrs.get("keepdims", 1) != 1 or axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+                continue
+            node.op_type = "GlobalAveragePool"
+            del node.input[1:]
+            del node.attribute[:]
+            done["ReduceMean over H, W -> GlobalAveragePool"] += 1
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [i for i in model.graph.initializer if i.name in used or i.name in {g.name for g in model.graph.input}]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return dict(done)
 
 
 def runtime_graph(model) -> dict:
