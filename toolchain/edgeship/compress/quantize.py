@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_SAMPLES = 32
 OBSERVERS = ("histogram", "minmax")   # activation observers; weights are always per-channel min/max (symmetric)
 SPEED_MARGIN_DB = 3.0                 # choose: the faster recipe wins only within this many dB of the most faithful
-TIE_DB = 0.5                          # ... and, when none meets the target, only within this (a tie)
+TIE_DB = 1.0                          # ... and, when none meets the target, only within this (a tie): on the
+# PP-OCR detector, U8S8 percentile measured 0.2-0.5 dB below S8S8 on 6 held-back images and 1.0 dB above it on
+# 24 others, so differences under 1 dB on the held-back samples are noise (S8S8 runs 2x slower there)
 TARGET_DB = SCHEMES["int8"].threshold  # int8's tolerance: below this a remedy is tried
 RANDOM_CALIB_NOTE = ("calibrated on {n} random inputs of the example distribution (no calibration data given); "
                      "real data (--calib DATA) gives better int8 accuracy")
