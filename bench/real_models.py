@@ -289,6 +289,25 @@ def mtcnn_pnet(height: int = 240, width: int = 320):
     return _mtcnn("PNet"), (torch.zeros(1, 3, height, width),)
 
 
+PNET_PREPROCESS = {"color_order": "RGB", "value_range": [-127.5 / 128, 127.5 / 128]}   # (x - 127.5) / 128
+
+
+def mtcnn_pnet_detect(height: int = 240, width: int = 320, threshold: float = MTCNN_THRESHOLDS[0]):
+    """MTCNN P-Net as a single-scale face proposal detector, for ``--task detect``: the raw regression map and face
+    probabilities are the outputs; the manifest's detection section decodes them as facenet-pytorch's first stage
+    does at one scale (generateBoundingBox: stride 2, 12-pixel cells, 1-based, score >= ``threshold``; NMS at IoU
+    0.5 on the cells, then the regression applied to the kept ones). Boxes are in the input's pixels."""
+    from edgeship.detect import DetectionSpec
+    from edgeship.model import InputSpec, ModelSpec
+    det = DetectionSpec.for_grid("regression", "scores", stride=2, cell=12, offset=1, nms_on="cells",
+                                 score_threshold=threshold, iou_threshold=0.5, max_detections=1000, background_class=0,
+                                 reference="facenet_pytorch detect_face first stage at one scale: generateBoundingBox, "
+                                 "batched_nms(0.5), then the box regression", labels=("background", "face"))
+    return ModelSpec(_mtcnn("PNet"), (InputSpec("image", (1, 3, height, width), layout="NCHW"),), task="detection",
+                     name="mtcnn_pnet", output_names=("regression", "scores"), preprocess=dict(PNET_PREPROCESS),
+                     detection=det)
+
+
 def mtcnn_rnet():
     """MTCNN R-Net: a 24x24 RGB crop (x - 127.5) / 128 -> (1x4 box regression, 1x2 [not face, face])."""
     return _mtcnn("RNet"), (torch.zeros(1, 3, 24, 24),)

@@ -98,6 +98,8 @@ def build(spec, artifacts: list[dict], labels_file: str | None) -> dict:
                      "meaning": spec.output_meaning if k == 0 else "other"} for k, (n, t) in enumerate(zip(out_names, outputs))],
         "artifacts": artifacts,
     }
+    if getattr(spec, "detection", None) is not None:   # --task detect: how the raw boxes/scores decode (edgeship.detect)
+        manifest["detection"] = spec.detection.section(out_names)
     validate(manifest)
     return manifest
 

@@ -159,8 +159,12 @@ class ModelSpec:
     name: str = "model"
     output_names: tuple[str, ...] | None = None
     output_meaning: str = "logits"
+    detection: Any = None        # edgeship.detect.DetectionSpec: how raw (pre-NMS) outputs decode; manifest "detection"
 
     def __post_init__(self):
+        if self.detection is not None:
+            self.task = "detection" if self.task == "generic" else self.task
+            self.output_meaning = "other" if self.output_meaning == "logits" else self.output_meaning
         if not isinstance(self.module, nn.Module):
             raise EdgeshipError(f"the model is a {type(self.module).__name__}, not a torch.nn.Module")
         self.inputs = tuple(self.inputs)
@@ -359,6 +363,9 @@ def with_task(spec: "ModelSpec", task: str) -> "ModelSpec":
     meaning = spec.output_meaning
     if meaning in ("logits", "embedding", "other"):
         meaning = {"embedding": "embedding", "detection": "other"}.get(task, "logits")
+    if task == "detection" and spec.detection is None:
+        log.warning("--task detect: the factory gives no DetectionSpec (ModelSpec(detection=...), see edgeship.detect), "
+                    "so the manifest records the raw outputs without how to decode them")
     return replace(spec, task=task, output_meaning=meaning)
 
 

@@ -308,6 +308,7 @@ def _run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event
     refs = [[t.numpy() for t in spec.reference(f)] for f in feeds]
     check_finite_reference(refs, feeds_source)
     np_feeds = [[t.numpy() for t in f] for f in feeds]
+    check_fixed_output_shapes(spec, np_feeds, refs)
     classifier = is_classifier(spec, refs, opts.eval_data)
     torch_pred = eval_reference(spec, opts.eval_data) if opts.eval_data is not None and classifier else None
     sensitivity = None
@@ -366,6 +367,26 @@ def check_finite_reference(refs: list[list[np.ndarray]], source: str) -> None:
                                     f"verification input {k} ({source}): a problem of the model, not of any export; "
                                     "nothing was written", hint="run the model in PyTorch on these inputs; give real "
                                     "inputs with --verify-data, --calib or --eval if random ones are out of its range")
+
+
+def check_fixed_output_shapes(spec: ModelSpec, np_feeds, refs: list[list[np.ndarray]]) -> None:
+    """Inputs of the same shapes must give outputs of the same shapes: an output whose size depends on the values
+    (NMS, torch.nonzero, a score threshold in forward()) exports in no format; say so, and point to --task detect."""
+    first: dict[tuple, tuple] = {}
+    for k, (feed, outs) in enumerate(zip(np_feeds, refs)):
+        in_shapes = tuple(tuple(np.shape(x)) for x in feed)
+        out_shapes = tuple(tuple(np.shape(o)) for o in outs)
+        seen = first.setdefault(in_shapes, (k, out_shapes))
+        if seen[1] == out_shapes:
+            continue
+        j = next(j for j, (a, b) in enumerate(zip(seen[1], out_shapes)) if a != b) if len(seen[1]) == len(out_shapes) else 0
+        shown = ("x".join(map(str, seen[1][j])) or "scalar", "x".join(map(str, out_shapes[j])) or "scalar") \
+            if len(seen[1]) == len(out_shapes) else (f"{len(seen[1])} outputs", f"{len(out_shapes)} outputs")
+        from .detect import VARIABLE_OUTPUT_HINT
+        raise EdgeshipError(f"the model's output {j} has shape {shown[0]} on verification input {seen[0]} and "
+                            f"{shown[1]} on input {k} (same input shapes): its outputs vary in size with the values, "
+                            "as a detector's do after a score threshold or NMS; no format can export that. "
+                            "Nothing was written", hint=VARIABLE_OUTPUT_HINT)
 
 
 def is_classifier(spec: ModelSpec, refs: list[list[np.ndarray]], eval_data) -> bool:
