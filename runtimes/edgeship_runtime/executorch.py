@@ -13,7 +13,7 @@ from typing import Any, List
 
 import numpy as np
 
-from .base import Runtime, RuntimeUnavailable, TensorInfo
+from .base import Runtime, RuntimeUnavailable, TensorInfo, cast
 
 # c10::ScalarType codes (executorch/runtime/core/portable_type/scalar_type.h) -> numpy dtype names
 _SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32",
@@ -61,8 +61,23 @@ class ExecuTorchRuntime(Runtime):
         self.inputs = [_info(f"input_{k}", meta.input_tensor_meta(k)) for k in range(meta.num_inputs())]
         self.outputs = [_info(f"output_{k}", meta.output_tensor_meta(k)) for k in range(meta.num_outputs())]
 
+    def _cast(self, a: np.ndarray, info: TensorInfo) -> np.ndarray:
+        """A .pte gives no word of which dimensions are dynamic: its input sizes are the upper bounds of dynamic
+        ones (memory is planned for them). So any size up to them is passed on, and ExecuTorch itself refuses a
+        static input of another size (see _run)."""
+        if len(a.shape) == len(info.shape) and all(0 < s <= d for s, d in zip(a.shape, info.shape)):
+            return np.ascontiguousarray(cast(a, info))
+        return super()._cast(a, info)
+
     def _run(self, arrays: List[np.ndarray]) -> List[np.ndarray]:
-        outs = self.method.execute([self._torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays])
+        try:
+            outs = self.method.execute([self._torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays])
+        except RuntimeError as e:
+            if "set_inputs" not in str(e) or all(tuple(a.shape) == i.shape for a, i in zip(arrays, self.inputs)):
+                raise
+            given = ", ".join(f"{i.name}:{'x'.join(map(str, a.shape))}" for a, i in zip(arrays, self.inputs))
+            raise ValueError(f"{self.path.name} did not take inputs of shape {given}: a static input takes only its own "
+                             f"shape, a dynamic one sizes up to its bound ({self._expected()}) ({e})") from e
         return [o.numpy() if hasattr(o, "numpy") else np.asarray(o) for o in outs]
 
     # --- profiling (``etdump=True``) ----------------------------------------------------------------------

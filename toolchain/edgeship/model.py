@@ -13,7 +13,7 @@ import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -55,16 +55,78 @@ class InputSpec:
     high: int | float | None = None
     low: int | float | None = None
     kind: str | None = None
+    # dynamic dimensions: {axis: (MIN, MAX)}, both inclusive; ``shape`` holds the example size of each (traced, and
+    # the reference). A (MIN, MAX) tuple in ``shape`` is the same: its example is :func:`example_size`.
+    dynamic: Mapping[int, tuple[int, int]] | None = field(default=None, hash=False)
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
             raise EdgeshipError(f"input name {self.name!r} is not a valid identifier",
                                 hint="use letters, digits and '_', starting with a letter, e.g. --input image:1x3x224x224")
+        self._check_dynamic()
         if not self.shape or any(int(d) < 1 for d in self.shape):
             raise EdgeshipError(f"input {self.name!r} has shape {self.shape}; every dimension must be a positive integer")
         if self.dtype not in DTYPES:
             raise EdgeshipError(f"input {self.name!r} has dtype {self.dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
         self._check_range()
+
+    def _check_dynamic(self) -> None:
+        """Normalise ``dynamic`` (and (MIN, MAX) tuples in ``shape``) to {axis: (MIN, MAX)} with the example size in
+        ``shape``; refuse an empty range, MIN < 1, an axis the shape lacks, or an example outside its range."""
+        dyn = dict(self.dynamic or {})
+        shape = list(self.shape) if isinstance(self.shape, (tuple, list)) else self.shape
+        if isinstance(shape, list):
+            for axis, d in enumerate(shape):
+                if isinstance(d, (tuple, list)):
+                    dyn[axis] = tuple(d)
+                    shape[axis] = None
+        if not dyn:
+            object.__setattr__(self, "dynamic", None)
+            return
+        out = {}
+        for axis, rng in dyn.items():
+            where = f"input {self.name!r}, dimension {axis}"
+            if isinstance(axis, str) and axis.lstrip("-").isdigit():
+                axis = int(axis)
+            if not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
+                raise EdgeshipError(f"{where}: the shape {list(self.shape)} has no such axis", hint=DYNAMIC_HINT)
+            axis %= len(shape)
+            if (not isinstance(rng, (tuple, list)) or len(rng) != 2
+                    or not all(isinstance(b, int) and not isinstance(b, bool) for b in rng)):
+                raise EdgeshipError(f"{where}: a dynamic range is (MIN, MAX), two integers; got {rng!r}", hint=DYNAMIC_HINT)
+            lo, hi = rng
+            if lo < 1 or lo >= hi:
+                raise EdgeshipError(f"{where}: the dynamic range {lo}..{hi} is " + ("below 1" if lo < 1 else "empty: MIN must be "
+                                    "less than MAX (MAX is inclusive)" if lo > hi else "a single size: write it as a fixed "
+                                    f"dimension ({lo})"), hint=DYNAMIC_HINT)
+            if shape[axis] is None:
+                shape[axis] = example_size(lo, hi)
+            elif not lo <= int(shape[axis]) <= hi:
+                raise EdgeshipError(f"{where}: the example size {shape[axis]} is outside its dynamic range {lo}..{hi}",
+                                    hint=DYNAMIC_HINT)
+            out[axis] = (lo, hi)
+        object.__setattr__(self, "shape", tuple(int(d) for d in shape))
+        object.__setattr__(self, "dynamic", dict(sorted(out.items())))
+
+    def at(self, which: str) -> "InputSpec":
+        """This input with every dynamic dimension at its ``"min"``, ``"example"`` or ``"max"`` size (still dynamic)."""
+        if not self.dynamic or which == "example":
+            return self
+        pick = 0 if which == "min" else 1
+        shape = tuple(self.dynamic[a][pick] if a in self.dynamic else d for a, d in enumerate(self.shape))
+        return replace(self, shape=shape)
+
+    def accepts(self, shape: Sequence[int]) -> bool:
+        """Whether an array of ``shape`` fits: fixed dimensions equal, dynamic ones inside their range."""
+        dyn = self.dynamic or {}
+        return len(shape) == len(self.shape) and all(
+            dyn[a][0] <= int(d) <= dyn[a][1] if a in dyn else int(d) == self.shape[a] for a, d in enumerate(shape))
+
+    @property
+    def text(self) -> str:
+        """The shape as --input writes it: 1x(8..512)."""
+        dyn = self.dynamic or {}
+        return "x".join(f"({dyn[a][0]}..{dyn[a][1]})" if a in dyn else str(d) for a, d in enumerate(self.shape))
 
     def _check_range(self) -> None:
         if self.kind is not None and self.kind not in INPUT_KINDS:
@@ -136,7 +198,21 @@ class InputSpec:
             entry |= dict(zip(("low", "high"), self.range))
         if self.kind:
             entry["kind"] = self.kind
+        if self.dynamic:
+            entry["dynamic"] = {str(a): list(r) for a, r in self.dynamic.items()}
         return entry
+
+
+DYNAMIC_HINT = ("write a dynamic dimension as (MIN..MAX), both inclusive, e.g. --input tokens:1x(8..512):int64 or "
+                "--input image:(1..8)x3x224x224; from a factory InputSpec(..., dynamic={1: (8, 512)})")
+
+
+def example_size(lo: int, hi: int) -> int:
+    """The example size of a dynamic dimension MIN..MAX, which is traced and is the reference: the power of two
+    nearest the geometric mean of MIN and MAX (ties up), kept inside the range, and at least 2 (torch.export takes
+    a size of 1 as a constant). (8..512) -> 64, (1..8) -> 4, (1..2) -> 2."""
+    ex = 2 ** math.floor(math.log2(math.sqrt(lo * hi)) + 0.5)
+    return max(lo, min(hi, max(ex, 2)))
 
 
 def padding_mask(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
@@ -180,6 +256,46 @@ class ModelSpec:
     def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(seed)
         return tuple(i.random(g) for i in self.inputs)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether any input has a dynamic dimension."""
+        return any(i.dynamic for i in self.inputs)
+
+    def at(self, which: str) -> "ModelSpec":
+        """The spec with every dynamic dimension at its ``"min"``, ``"example"`` or ``"max"`` size."""
+        return replace(self, inputs=tuple(i.at(which) for i in self.inputs)) if self.dynamic else self
+
+    def fixed(self) -> "ModelSpec":
+        """The spec with every dimension fixed at its example size (for a converter without dynamic shapes)."""
+        return replace(self, inputs=tuple(replace(i, dynamic=None) for i in self.inputs)) if self.dynamic else self
+
+    def sizes(self) -> list[str]:
+        """The sizes verification checks: ["example"], or ["min", "example", "max"] with dynamic dimensions."""
+        return ["min", "example", "max"] if self.dynamic else ["example"]
+
+    def dynamic_shapes(self) -> tuple | None:
+        """torch.export's ``dynamic_shapes`` for the inputs (None without dynamic dimensions): one ``Dim`` per
+        distinct (MIN, MAX) range, shared by every input dimension with that range (``input_ids`` and
+        ``attention_mask`` at 1x(8..512) have one sequence length, and must be the same size at run time).
+        Named batch (axis 0), seq (axis 1) or dimN."""
+        if not self.dynamic:
+            return None
+        from torch.export import Dim
+        dims: dict[tuple[int, int], Any] = {}
+        used: set[str] = set()
+        out = []
+        for i in self.inputs:
+            spec = {}
+            for axis, rng in (i.dynamic or {}).items():
+                if rng not in dims:
+                    name = {0: "batch", 1: "seq"}.get(axis, f"dim{axis}")
+                    name = next(n for n in (name, *(f"{name}_{k}" for k in range(2, 99))) if n not in used)
+                    used.add(name)
+                    dims[rng] = Dim(name, min=rng[0], max=rng[1])
+                spec[axis] = dims[rng]
+            out.append(spec or None)
+        return tuple(out)
 
     def reference(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Run the PyTorch model; outputs flattened to a list of tensors."""
@@ -237,11 +353,7 @@ def parse_input(text: str) -> InputSpec:
     if len(parts) not in (2, 3, 4) or not parts[0] or not parts[1]:
         raise EdgeshipError(f"cannot parse --input {text!r}", hint="write NAME:SHAPE[:DTYPE[:RANGE]], e.g. image:1x3x224x224, "
                             "tokens:1x32:int64 or tokens:1x128:int64:0..30522")
-    try:
-        shape = tuple(int(d) for d in parts[1].lower().replace("*", "x").split("x"))
-    except ValueError:
-        raise EdgeshipError(f"cannot parse the shape {parts[1]!r} in --input {text!r}",
-                            hint="dimensions are integers separated by 'x', e.g. 1x3x224x224") from None
+    shape = tuple(_parse_dim(d, parts[1], text) for d in parts[1].lower().replace("*", "x").split("x"))
     dtype = _DTYPE_ALIASES.get(parts[2], parts[2]) if len(parts) >= 3 else "float32"
     layout = "NCHW" if len(shape) == 4 and dtype.startswith("float") else None
     if len(parts) < 4:
@@ -249,6 +361,19 @@ def parse_input(text: str) -> InputSpec:
     if parts[3].strip().lower() == "mask":
         return InputSpec(parts[0], shape, dtype, layout=layout, kind="mask")
     return InputSpec(parts[0], shape, dtype, layout=layout, **_parse_range(parts[3], text))
+
+
+def _parse_dim(d: str, shape: str, text: str) -> int | tuple[int, int]:
+    """One dimension of --input's SHAPE: an integer, or (MIN..MAX) for a dynamic one (both inclusive)."""
+    d = d.strip()
+    m = re.fullmatch(r"\(\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*\)", d)
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    try:
+        return int(d)
+    except ValueError:
+        raise EdgeshipError(f"cannot parse the shape {shape!r} in --input {text!r}: {d!r} is not a dimension",
+                            hint="dimensions are integers separated by 'x', e.g. 1x3x224x224; " + DYNAMIC_HINT) from None
 
 
 def _parse_range(rng: str, text: str) -> dict:
@@ -332,7 +457,7 @@ def infer_input_ranges(module: nn.Module, inputs: Sequence[InputSpec]) -> tuple[
                 i = replace(i, low=0, high=rows)
                 log.info("input %s feeds %s: ids sampled in 0..%d", i.name, where, rows)
             elif i.range[0] < 0 or i.range[1] > rows:
-                shape = "x".join(map(str, i.shape))
+                shape = i.text
                 raise EdgeshipError(f"input {i.name!r} feeds the embedding {where} with {rows} rows, so its values "
                                     f"must lie in 0..{rows} (HIGH exclusive); the range {i.range[0]}..{i.range[1]} "
                                     "leaves it", hint=f"write --input {i.name}:{shape}:{i.dtype}:0..{rows}, or leave "
@@ -537,7 +662,7 @@ def load(ref: str, inputs: Sequence[InputSpec] = (), *, name: str | None = None,
         spec = replace(spec, name=name or default_name)
     if task is not None:
         spec = with_task(spec, task)
-    check_memory(spec)
+    check_memory(spec.at("max"))   # verification runs the largest size of each dynamic dimension too
     spec = replace(spec, inputs=infer_input_ranges(spec.module, spec.inputs))
     spec.check_runs()
     return spec

@@ -304,11 +304,13 @@ def _run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event
     check_free_space(spec, out.parent, sum(len(effective_precisions(f, opts.precisions)) for f in opts.formats))
     spec, hooks_note = _without_pruning_hooks(spec)
     check_quant_options(spec, opts)
+    check_dynamic(spec)
     feeds, feeds_source = verification_feeds(spec, opts.verify_samples, opts.verify_data, opts.eval_data or opts.calib)
     refs = [[t.numpy() for t in spec.reference(f)] for f in feeds]
     check_finite_reference(refs, feeds_source)
     np_feeds = [[t.numpy() for t in f] for f in feeds]
     check_fixed_output_shapes(spec, np_feeds, refs)
+    sizes = size_feeds(spec, opts.verify_samples)   # dynamic dimensions: also verified at their MIN and MAX
     classifier = is_classifier(spec, refs, opts.eval_data)
     torch_pred = eval_reference(spec, opts.eval_data) if opts.eval_data is not None and classifier else None
     sensitivity = None
@@ -319,7 +321,8 @@ def _run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event
         results: list[ArtifactResult] = []
         for fmt in opts.formats:
             for precision in effective_precisions(fmt, opts.precisions):
-                results.append(_one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event, torch_pred))
+                results.append(_one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event, torch_pred,
+                                    sizes))
         labels_file = None
         if spec.labels:
             write_text_atomic(staging / "labels.txt", "\n".join(spec.labels) + "\n")
@@ -330,6 +333,9 @@ def _run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event
                 continue
             path = staging / r.path
             ins, outs = artifact_io(path)
+            for k, i in enumerate(spec.inputs):   # the dimensions this artifact takes at any size in their range
+                if i.name in (r.details.get("dynamic") or {}) and k < len(ins):
+                    ins[k]["dynamic"] = r.details["dynamic"][i.name]
             exporter = get_exporter(r.format)
             entry = {"format": r.format, "precision": r.precision, "path": r.path, "sha256": sha256_path(path),
                      "size_bytes": r.size_bytes, "runtime": exporter.runtime, "inputs": ins, "outputs": outs,
@@ -337,7 +343,7 @@ def _run_export(spec: ModelSpec, out: Path, opts: ExportOptions, on_event: Event
             if r.details.get("min_os"):
                 entry["min_os"] = r.details["min_os"]
             entries.append(entry)
-        save_reference(staging, spec, np_feeds, refs)
+        save_reference(staging, spec, np_feeds, refs, sizes)
         manifest = manifest_mod.build(spec, entries, labels_file)
         manifest_mod.write(staging, manifest)
         report = report_mod.new_report(spec, manifest, [r.__dict__ | {"key": r.key} for r in results],
@@ -389,6 +395,92 @@ def check_fixed_output_shapes(spec: ModelSpec, np_feeds, refs: list[list[np.ndar
                             "Nothing was written", hint=VARIABLE_OUTPUT_HINT)
 
 
+def check_dynamic(spec: ModelSpec) -> None:
+    """Dynamic dimensions the model cannot have are refused before any format runs (one torch.export)."""
+    if not spec.dynamic:
+        return
+    from .export import export_program
+    from .model import DYNAMIC_HINT, raised
+    dims = ", ".join(f"{i.name}:{i.text}" for i in spec.inputs if i.dynamic)
+    try:
+        with captured_output():
+            export_program(spec.module, spec.example_inputs(), spec)
+    except EdgeshipError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model cannot be traced with these dimensions symbolic
+        cause = _root_cause(_ANSI.sub("", str(e))) or raised(e)
+        raise EdgeshipError(f"torch.export cannot trace the model with the dynamic dimensions {dims}: "
+                            f"{clip(cause, 300)}; nothing was written",
+                            hint="fix those dimensions in --input, or change the model so it works at every size in "
+                                 "the range; " + DYNAMIC_HINT) from e
+
+
+@dataclass
+class SizeCheck:
+    """Verification inputs at one size of the dynamic dimensions (``label``: min | example | max) and PyTorch's
+    outputs; the example size's are the main verification set (``feeds`` None here)."""
+    label: str
+    shapes: dict[str, list[int]]
+    feeds: list[list[np.ndarray]] | None = None
+    refs: list[list[np.ndarray]] | None = None
+
+
+SIZE_SAMPLES = 2   # seeded random inputs at MIN and at MAX (the example size has the --samples ones)
+
+
+def size_feeds(spec: ModelSpec, samples: int) -> list[SizeCheck]:
+    """The sizes a model with dynamic dimensions is verified at: every dynamic dimension at its MIN, at its example
+    size (the main verification set) and at its MAX. Empty without dynamic dimensions."""
+    out = []
+    for label in spec.sizes() if spec.dynamic else ():
+        at = spec.at(label)
+        shapes = {i.name: list(i.shape) for i in at.inputs}
+        if any(sc.shapes == shapes for sc in out):   # (1..2): the example is the MAX
+            continue
+        if label == "example":
+            out.append(SizeCheck(label, shapes))
+            continue
+        feeds = [at.example_inputs(seed=s) for s in range(min(samples, SIZE_SAMPLES))]
+        try:
+            refs = [[t.numpy() for t in at.reference(f)] for f in feeds]
+        except Exception as e:  # noqa: BLE001 - the model itself fails at that size
+            from .model import raised
+            given = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in shapes.items())
+            raise EdgeshipError(f"the model fails in PyTorch at the {label} size of its dynamic dimensions ({given}): "
+                                f"{raised(e)}; nothing was written",
+                                hint="narrow the dynamic range in --input to the sizes the model takes") from e
+        check_finite_reference(refs, f"{len(feeds)} seeded random inputs at the {label} size")
+        out.append(SizeCheck(label, shapes, [[t.numpy() for t in f] for f in feeds], refs))
+    return out
+
+
+def check_sizes(parity: dict, path: Path, fmt: str, precision: str, sizes: Sequence[SizeCheck], classifier: bool,
+                fixed: dict | None = None) -> None:
+    """Run the artifact at each size of ``sizes`` too; ``parity["sizes"]`` gets one row per size (the example
+    size's is ``parity`` itself), and the artifact fails when any size fails. ``fixed``: the shapes a format fixed
+    the dynamic inputs to (TFLite): other sizes are "not run", with the reason."""
+    rows = []
+    for sc in sizes:
+        if sc.feeds is None:
+            p = dict(parity)
+        elif fixed and any(sc.shapes.get(k) != v for k, v in fixed.items()):
+            from .export.tflite import FIXED_SHAPES
+            taken = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in fixed.items())
+            p = verify.not_run(precision, f"{FIXED_SHAPES if fmt == 'tflite' else 'fixed shapes'}; the artifact "
+                                          f"takes only {taken}").to_dict()
+        else:
+            p = verify.check_artifact(path, fmt, precision, sc.feeds, sc.refs, classifier).to_dict()
+        rows.append({"size": sc.label, "shapes": sc.shapes,
+                     **{f: p.get(f) for f in ("status", "value", "cosine", "max_abs", "sqnr_db", "samples", "reason")}})
+    parity["sizes"] = rows
+    failed = [r for r in rows if r["status"] == "fail"]
+    if failed and parity.get("status") in ("pass", "not run"):
+        f = failed[0]
+        at = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in f["shapes"].items())
+        parity["status"] = "fail"
+        parity["reason"] = f"at the {f['size']} size ({at}): {f.get('reason')}"
+
+
 def is_classifier(spec: ModelSpec, refs: list[list[np.ndarray]], eval_data) -> bool:
     """A classification task, or any model whose first output is one row of scores with labelled eval data whose
     labels index it: a plain module from the user's factory gets top-1 accuracy in every runtime too."""
@@ -430,7 +522,8 @@ def _fit_budget(spec: ModelSpec, opts: ExportOptions, on_event: Event):
     return result
 
 
-def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event, torch_pred) -> ArtifactResult:
+def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_event, torch_pred,
+         sizes=()) -> ArtifactResult:
     key = f"{fmt}:{precision}"
     on_event(key, "export", {})
     try:
@@ -455,6 +548,8 @@ def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_eve
     with captured_output():   # runtimes print their own chatter (XNNPACK delegate, cpuinfo) to fd 1/2
         parity = verify.check_artifact(exported.path, fmt, exported.precision, np_feeds, refs, classifier)
         r.parity = parity.to_dict()
+        if sizes:
+            check_sizes(r.parity, exported.path, fmt, exported.precision, sizes, classifier, details.get("fixed_shapes"))
         if torch_pred is not None:
             on_event(key, "evaluate", {"path": rel})
             r.accuracy = evaluate_artifact(exported.path, fmt, opts.eval_data, torch_pred)
@@ -497,11 +592,15 @@ def evaluate_artifact(path: Path, fmt: str, data, torch_pred: np.ndarray) -> dic
 REFERENCE_FILE = "reference.npz"
 
 
-def save_reference(folder: Path, spec: ModelSpec, np_feeds, refs) -> None:
+def save_reference(folder: Path, spec: ModelSpec, np_feeds, refs, sizes: Sequence[SizeCheck] = ()) -> None:
     """Store the verification inputs and PyTorch's outputs beside the artifacts, so ``edgeship verify`` can
-    re-check a folder without the model (like ExecuTorch's BundledProgram, for every format)."""
+    re-check a folder without the model (like ExecuTorch's BundledProgram, for every format). The sets at the
+    MIN and MAX of dynamic dimensions go in as ``size_min__input__NAME`` / ``size_min__output__K`` ..."""
     arrays = {f"input__{i.name}": np.stack([f[k] for f in np_feeds]) for k, i in enumerate(spec.inputs)}
     arrays |= {f"output__{k}": np.stack([r[k] for r in refs]) for k in range(len(refs[0]))}
+    for sc in (sc for sc in sizes if sc.feeds is not None):
+        arrays |= {f"size_{sc.label}__input__{i.name}": np.stack([f[k] for f in sc.feeds]) for k, i in enumerate(spec.inputs)}
+        arrays |= {f"size_{sc.label}__output__{k}": np.stack([r[k] for r in sc.refs]) for k in range(len(sc.refs[0]))}
     tmp = folder / (REFERENCE_FILE + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(folder / REFERENCE_FILE)
@@ -527,6 +626,25 @@ def load_reference(folder: Path, manifest: dict) -> tuple[list[list[np.ndarray]]
     return [[a[j] for a in ins] for j in range(n)], [[a[j] for a in outs] for j in range(n)]
 
 
+def load_size_checks(folder: Path, manifest: dict) -> list[SizeCheck]:
+    """The MIN/example/MAX verification sets of dynamic dimensions stored in reference.npz (empty when none)."""
+    out = []
+    with np.load(folder / REFERENCE_FILE, allow_pickle=False) as z:
+        for label in ("min", "example", "max"):
+            if label == "example":
+                ins = [z[f"input__{i['name']}"] for i in manifest["inputs"]]
+                out.append(SizeCheck(label, {i["name"]: list(a.shape[1:]) for i, a in zip(manifest["inputs"], ins)}))
+                continue
+            if f"size_{label}__input__{manifest['inputs'][0]['name']}" not in z.files:
+                continue
+            ins = [z[f"size_{label}__input__{i['name']}"] for i in manifest["inputs"]]
+            outs = [z[f"size_{label}__output__{k}"] for k in range(len(manifest["outputs"]))]
+            n = len(ins[0])
+            out.append(SizeCheck(label, {i["name"]: list(a.shape[1:]) for i, a in zip(manifest["inputs"], ins)},
+                                 [[a[j] for a in ins] for j in range(n)], [[a[j] for a in outs] for j in range(n)]))
+    return out if len(out) > 1 else []
+
+
 def verify_folder(folder: Path, on_event: Event | None = None) -> dict:
     """Re-run the parity checks of an export folder on its stored reference inputs and outputs; checks every
     artifact's sha256 against the manifest first. Updates report.json in place (atomically); returns it."""
@@ -537,6 +655,7 @@ def verify_folder(folder: Path, on_event: Event | None = None) -> dict:
         raise EdgeshipError(f"{folder / 'manifest.json'} lists no artifacts: there is nothing to verify",
                             hint="export the folder again")
     feeds, refs = load_reference(folder, manifest)
+    sizes = load_size_checks(folder, manifest)
     report = report_mod.load(folder)
     listed = {f"{a['format']}:{a['precision']}" for a in manifest["artifacts"]}
     by_key = {}
@@ -557,6 +676,10 @@ def verify_folder(folder: Path, on_event: Event | None = None) -> dict:
         else:
             parity = verify.check_artifact(folder / art["path"], art["format"], art["precision"], feeds, refs, classifier)
         entry["parity"] = parity.to_dict()
+        if sizes and not problem:
+            details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+            fixed = details.get("fixed_shapes") if isinstance(details.get("fixed_shapes"), dict) else None
+            check_sizes(entry["parity"], folder / art["path"], art["format"], art["precision"], sizes, classifier, fixed)
         on_event(key, "done", {"parity": entry["parity"]})
     report["artifacts"] = list(by_key.values())
     report_mod.write(folder, report)

@@ -69,7 +69,17 @@ def parity_text(parity: dict | None) -> str:
     extra = f" max|Δ| {parity['max_abs']:.1e}" if parity.get("max_abs") is not None else ""
     top1 = f" top-1 {parity['top1_agreement']:.0%}" if parity.get("top1_agreement") is not None else ""
     why = f": {parity['reason']}" if parity["status"] != "pass" and parity.get("reason") else ""
-    return f"{fig}{extra}{top1}{why}"
+    return f"{fig}{extra}{top1}{why}{sizes_text(parity)}"
+
+
+def sizes_text(parity: dict) -> str:
+    """" · sizes 1x8 pass, 1x64 pass, 1x512 pass": parity at each size of the dynamic dimensions (none: "")."""
+    rows = [r for r in parity.get("sizes") or () if isinstance(r, dict)]
+    if not rows:
+        return ""
+    def shape(r):
+        return "/".join("x".join(map(str, v)) for v in (r.get("shapes") or {}).values()) or str(r.get("size"))
+    return " · sizes " + ", ".join(f"{shape(r)} {r.get('status')}" for r in rows)
 
 
 def accuracy_text(acc: dict | None) -> str:

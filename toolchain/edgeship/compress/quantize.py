@@ -336,9 +336,11 @@ def _outputs(module: Callable, samples: Sequence[Inputs]) -> list[np.ndarray]:
         return [np.concatenate([t.detach().float().numpy().ravel() for t in flatten_outputs(module(*s))]) for s in samples]
 
 
-def export_graph(module: torch.nn.Module, example_args: Inputs) -> torch.fx.GraphModule:
-    """``torch.export`` of a copy of ``module`` (eval mode), as the graph module PT2E prepares."""
-    return torch.export.export(copy.deepcopy(module).eval(), tuple(example_args), strict=False).module()
+def export_graph(module: torch.nn.Module, example_args: Inputs, dynamic_shapes=None) -> torch.fx.GraphModule:
+    """``torch.export`` of a copy of ``module`` (eval mode), as the graph module PT2E prepares; ``dynamic_shapes``
+    (``ModelSpec.dynamic_shapes()``) keeps dynamic dimensions symbolic, so the quantized graph exports with them."""
+    return torch.export.export(copy.deepcopy(module).eval(), tuple(example_args), dynamic_shapes=dynamic_shapes,
+                               strict=False).module()
 
 
 def prepare_calibrate_convert(module: torch.nn.Module, example_args: Inputs, make_config: Callable[[], Any],
@@ -510,7 +512,7 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
                   make_quantizer: Callable[[Any], Any], samples: Sequence[Inputs], *,
                   observers: Sequence[str] = OBSERVERS, target_db: float = TARGET_DB,
                   fold_quantize: bool = True, keep_float: Collection[str] = (), remedies: bool = True,
-                  calibrated_on_data: bool = True, pads: bool = False) -> PT2EResult:
+                  calibrated_on_data: bool = True, pads: bool = False, dynamic_shapes=None) -> PT2EResult:
     """Static int8 with a backend's PT2E quantizer, measured (:func:`choose`): the activation ``observers`` in order,
     then, when none meets ``target_db`` on held-back calibration samples, the remedies with the observer that did
     best (min/max on a tie: it calibrates faster): the cross-layer-equalized graph (compress.equalize; exact in
@@ -523,11 +525,11 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
     ``make_config()`` returns the backend's ``QuantizationConfig`` (per-channel symmetric weights);
     ``make_quantizer(config)`` returns the backend's quantizer with that config set globally. The layers in
     ``keep_float`` (module names) stay float (:func:`select_layers`); ``pads``: see :func:`int8_pads`;
-    ``remedies=False``: only the observers (plain PTQ, as a baseline)."""
+    ``remedies=False``: only the observers (plain PTQ, as a baseline). ``dynamic_shapes``: see :func:`export_graph`."""
     calibrate_on, measure_on, held_note = split_calibration(samples)
     reference = _outputs(module, measure_on)
     quantizer = lambda c: select_layers(make_quantizer(c), keep_float)  # noqa: E731
-    exported = export_graph(module, example_args)
+    exported = export_graph(module, example_args, dynamic_shapes)
 
     @functools.cache
     def equalization():   # (graph, report), made once and only when a remedy round is reached

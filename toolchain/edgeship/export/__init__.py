@@ -87,6 +87,44 @@ def available(fmt: str) -> tuple[bool, str | None]:
         return False, f"{klass.module} is not installed ({e}); pip install 'edgeship[{klass.extra}]'"
 
 
+def export_program(module, args, spec: ModelSpec, what: str = "the model"):
+    """``torch.export.export(module, args)`` with ``spec``'s dynamic dimensions (``ModelSpec.dynamic_shapes``);
+    a model that fixes a dimension marked dynamic is refused with the input, the axis and what torch.export says
+    the model needs (its "Suggested fixes")."""
+    import torch
+    dynamic = spec.dynamic_shapes()
+    try:
+        return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+    except Exception as e:  # noqa: BLE001 - torch's UserError (ConstraintViolation) for a dimension the model fixes
+        if dynamic is None or "Constraints violated" not in str(e):
+            raise
+        raise dynamic_error(spec, str(e), what) from e
+
+
+def dynamic_dims(spec: ModelSpec) -> dict:
+    """{input name: {axis: [MIN, MAX]}} of the dynamic inputs: an exporter's ``details["dynamic"]``."""
+    return {i.name: {str(a): list(r) for a, r in i.dynamic.items()} for i in spec.inputs if i.dynamic}
+
+
+def dynamic_error(spec: ModelSpec, text: str, what: str = "the model") -> EdgeshipError:
+    """The error for torch.export's "Constraints violated (seq)!": which input dimensions, and the fixes it suggests."""
+    import re
+    named = {}
+    for i, dims in zip(spec.inputs, spec.dynamic_shapes() or ()):
+        for axis, dim in (dims or {}).items():
+            named.setdefault(dim.__name__, []).append(f"{i.name} dimension {axis} ({i.dynamic[axis][0]}..{i.dynamic[axis][1]})")
+    bad = re.search(r"Constraints violated \(([^)]*)\)", text)
+    names = [n.strip() for n in bad.group(1).split(",")] if bad else list(named)
+    const = re.search(r"specialized it to be a constant \((\d+)\)", text)
+    fixes = text.split("Suggested fixes:", 1)[1].strip().splitlines() if "Suggested fixes:" in text else []
+    fixes = [f.strip() for f in fixes if "=" in f][:3]
+    where = "; ".join(w for n in names for w in named.get(n, [n]))
+    why = f"{what} fixes it to {const.group(1)}" if const else f"{what} constrains it"
+    return EdgeshipError(f"{where} cannot be dynamic: {why} (torch.export: {'; '.join(fixes) or text.splitlines()[0]})",
+                         hint="make that dimension fixed in --input (or narrow its range as suggested), or change the "
+                              "model so it does not depend on that size (e.g. slice position embeddings to the input length)")
+
+
 def require(module: str, extra: str, what: str):
     """Import a converter module, or raise the missing-dependency error that names the pip extra."""
     try:

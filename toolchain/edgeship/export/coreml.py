@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import EdgeshipError
 from ..model import ModelSpec
 from ..verify import SCHEMES
-from . import Exported, artifact_name, require
+from . import Exported, artifact_name, dynamic_dims, export_program, require
 
 log = logging.getLogger(__name__)
 MIN_IOS = "iOS16"   # ML Program; iOS 16 also allows weight compression
@@ -42,10 +42,10 @@ class CoreMLExporter:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / artifact_name(precision, self.suffix)
         compute = "fp16" if precision in WEIGHT_COMPRESSION else precision
-        ep = torch.export.export(spec.module, spec.example_inputs(), strict=False)
+        ep = export_program(spec.module, spec.example_inputs(), spec)
         n_out = len(spec.check_runs())
         out_names = list(spec.output_names or (["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
-        inputs = [ct.TensorType(name=i.name, shape=i.shape, dtype=_np_dtype(i.dtype)) for i in spec.inputs]
+        inputs = [ct.TensorType(name=i.name, shape=_shape(ct, i), dtype=_np_dtype(i.dtype)) for i in spec.inputs]
         convert = lambda program: ct.convert(  # noqa: E731
             program, convert_to="mlprogram", inputs=inputs, outputs=[ct.TensorType(name=n) for n in out_names],
             compute_precision=ct.precision.FLOAT16 if compute == "fp16" else ct.precision.FLOAT32,
@@ -70,6 +70,11 @@ class CoreMLExporter:
                 raise unsupported_op_error(ct, again) from again
             notes.append(f"converted after decomposing to core ATen ops ({str(e).split(',')[0]})")
         details = {"compute_precision": compute}
+        if spec.dynamic:
+            details["dynamic"] = dynamic_dims(spec)
+            notes.append("dynamic dimensions as Core ML RangeDim (flexible shapes): " + ", ".join(
+                i.name + ":" + i.text for i in spec.inputs if i.dynamic) + "; the Neural Engine may run only the "
+                "default (example) size and fall back to the GPU or CPU for others")
         if aliases:
             details["aliases_removed"] = aliases
             notes.append(f"{aliases} aten.alias op{'s' * (aliases > 1)} (a view that changes nothing, e.g. GPT-2's "
@@ -96,6 +101,13 @@ class CoreMLExporter:
         os.replace(tmp, path)
         return Exported(path, precision if precision in WEIGHT_COMPRESSION else compute, notes, details,
                         min_os={"ios": MIN_IOS.removeprefix("iOS"), "macos": "13"})
+
+
+def _shape(ct, i):
+    """An input's Core ML shape: its dimensions, a dynamic one as RangeDim(MIN, MAX, default=the example size)."""
+    if not i.dynamic:
+        return i.shape
+    return ct.Shape([ct.RangeDim(*i.dynamic[a], default=d) if a in i.dynamic else d for a, d in enumerate(i.shape)])
 
 
 def drop_aliases(program) -> int:

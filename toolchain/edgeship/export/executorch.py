@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..model import ModelSpec
 from ..verify import scheme
-from . import Exported, artifact_name, require
+from . import Exported, artifact_name, dynamic_dims, export_program, require
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ class ExecuTorchExporter:
             pt2e = _quantize(spec, calib, quant, dynamic_why=why)
             module = pt2e.module
             notes += pt2e.notes
-        ep = torch.export.export(module, args, strict=False)
+        # dynamic dimensions: bounded (memory planned for MAX)
+        ep = export_program(module, args, spec, "the model" if module is spec.module else f"the {precision} graph")
         part = partitioner(self.share_tied_weights)
         edge = exir.to_edge_transform_and_lower(ep, partitioner=[part])
         lone = _delegate_only(edge.exported_program(), part.runtime_weights)
@@ -63,6 +64,10 @@ class ExecuTorchExporter:
             log.info("weights %s became run-time inputs read only by XNNPACK; lowering again with them as constants", lone)
             edge = exir.to_edge_transform_and_lower(ep, partitioner=[partitioner(False)])
         details = delegation(edge.exported_program().graph_module)
+        if spec.dynamic:
+            details["dynamic"] = dynamic_dims(spec)
+            notes.append("dynamic dimensions with upper bounds: " + ", ".join(i.name + ":" + i.text for i in spec.inputs
+                                                                           if i.dynamic) + " (memory planned for the largest)")
         if pt2e is not None:
             from ..compress.quantize import layer_details, layers_note
             layers = lowered_layers(edge.exported_program().graph_module)
@@ -107,7 +112,7 @@ def _quantize(spec: ModelSpec, calib, quant=None, dynamic_why: str | None = None
                            lambda config: xnnpack_quantizer().set_global(config), samples,
                            observers=("minmax",) if dynamic else OBSERVERS,   # no activation observer when dynamic
                            keep_float=quant.keep_float if quant is not None else (), calibrated_on_data=calib is not None,
-                           pads=True)
+                           pads=True, dynamic_shapes=spec.dynamic_shapes())
     if dynamic:
         result.notes[0] = (f"dynamic int8 (XNNPACK quantizer, dynamic; {dynamic_why}): per-channel symmetric int8 weights, "
                            "activations quantized per inference (XNNPACK QD8 kernels), float32 I/O")

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import EdgeshipError
 from ..model import ModelSpec
 from ..verify import scheme
-from . import Exported, artifact_name, require
+from . import Exported, artifact_name, dynamic_dims, require
 
 log = logging.getLogger(__name__)
 OPSET = 20
@@ -58,8 +58,11 @@ class OnnxExporter:
             checked, slimmed ONNX."""
             with tempfile.TemporaryDirectory() as tmp:
                 raw = Path(tmp) / "raw.onnx"
+                # dynamic dimensions become named dynamic axes (batch, seq); a graph made from the module (the
+                # SmoothQuant remedy's) is traced at the example size and stays fixed
                 prog = torch.onnx.export(module, spec.example_inputs(), str(raw), dynamo=True, external_data=False,
-                                         opset_version=OPSET, input_names=names, output_names=out_names, verbose=False)
+                                         opset_version=OPSET, input_names=names, output_names=out_names, verbose=False,
+                                         dynamic_shapes=spec.dynamic_shapes() if module is spec.module else None)
                 del prog
                 model = onnx.load(str(raw))
             onnx.checker.check_model(model, full_check=True)
@@ -75,6 +78,8 @@ class OnnxExporter:
 
         model, scopes, notes, nodes = to_onnx(spec.module, fp16=precision == "fp16")
         details = {"opset": OPSET, "nodes": nodes}
+        if spec.dynamic:
+            details["dynamic"] = dynamic_dims(spec)
         merged, saved = dedupe_initializers(model)
         if merged:
             details["shared_weights_deduplicated"] = merged

@@ -51,6 +51,10 @@ class TFLiteExporter:
         path = out_dir / artifact_name(precision, self.suffix)
         tmp = path.with_name(path.name + ".tmp")
         notes, details = [], {}
+        fixed = None
+        if spec.dynamic:   # litert-torch lowers each op through JAX, which needs concrete shapes
+            fixed = {i.name: list(i.shape) for i in spec.inputs if i.dynamic}
+            spec = spec.fixed()
         # int8 of a model with integer inputs (token ids) is dynamic, as for ONNX and ExecuTorch: measured on the
         # MiniLM-sized encoder (1 thread CPU time) static 33.5 ms at 25.6 dB, dynamic 31.1 ms at 28.7 dB, fp32 36.2 ms
         from ..compress.quantize import dynamic_reason
@@ -79,8 +83,24 @@ class TFLiteExporter:
             details |= layer_details(layers)
             if keep:
                 notes += layers_note(keep, layers)
+        if fixed:
+            details["fixed_shapes"] = fixed
+            notes.append(f"{FIXED_SHAPES}; exported at the example size " + ", ".join(
+                f"{k}:{'x'.join(map(str, v))}" for k, v in fixed.items()))
         os.replace(tmp, path)
         return Exported(path, precision, notes, details)
+
+
+def _litert_torch_version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("litert-torch")
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+FIXED_SHAPES = (f"tflite: fixed shapes only in litert-torch {_litert_torch_version()} (its JAX lowering needs concrete "
+                "shapes: google-ai-edge/litert-torch#870)")
 
 
 def _apply_recipe(path: Path, recipe, calibration: dict | None = None) -> None:
