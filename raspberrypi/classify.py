@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Classify image files or camera frames with the model in this bundle; prints the top-5 labels and the latency.
+A detector (manifest task detection, exported with --task detect) prints its boxes after NMS instead.
 
     ./classify.sh photo.jpg [more.jpg ...]          # image files
     ./classify.sh --camera                          # Pi camera (picamera2) when present, else OpenCV /dev/video0
@@ -188,9 +189,28 @@ class Classifier:
         t1 = time.perf_counter()
         out = self.rt.run({self.rt.inputs[0].name: x})
         t2 = time.perf_counter()
+        if self.manifest.get("detection"):
+            return {"latency_ms": round((t2 - t1) * 1e3, 3), "preprocess_ms": round((t1 - t0) * 1e3, 3),
+                    "detections": self.detect(out, image.size)}
         top = top_k(out[0], self.meaning, k)
         return {"latency_ms": round((t2 - t1) * 1e3, 3), "preprocess_ms": round((t1 - t0) * 1e3, 3),
                 "top": [{"index": i, "label": self.label(i), "score": round(s, 6)} for i, s in top]}
+
+    def detect(self, outputs, image_size) -> list[dict]:
+        """task detection: the raw boxes and scores decoded + NMS'd by edgeship_runtime.detect (numpy) as the
+        manifest's detection section says; boxes in the input's pixels ("box") and in the photo's ("image_box")."""
+        from edgeship_runtime.detect import decode_manifest
+
+        det = self.manifest["detection"]
+        dets = decode_manifest(self.manifest, outputs)
+        _, height, width, _ = input_geometry(self.input)
+        sx, sy = (image_size[0], image_size[1]) if det.get("coordinates") == "normalized" else \
+            (image_size[0] / width, image_size[1] / height)
+        rows = dets.to_list(det.get("labels") or self.labels)
+        for r in rows:
+            x1, y1, x2, y2 = r["box"]
+            r["image_box"] = [round(x1 * sx, 1), round(y1 * sy, 1), round(x2 * sx, 1), round(y2 * sy, 1)]
+        return rows
 
     def label(self, i: int) -> str:
         return self.labels[i] if self.labels and i < len(self.labels) else f"class {i}"
@@ -278,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "runtime_version": clf.rt.version, **result}), flush=True)
             else:
                 print(f"{name}: {result['latency_ms']:.2f} ms (+{result['preprocess_ms']:.1f} ms preprocessing)")
-                for rank, t in enumerate(result["top"], 1):
+                for d in result.get("detections", ()):
+                    print(f"  {d['score']:.4f}  {d.get('label', d['class'])}  {d['image_box']}")
+                for rank, t in enumerate(result.get("top", ()), 1):
                     print(f"  {rank}. {t['score']:.4f}  {t['label']}")
                 sys.stdout.flush()
     except BundleError as e:

@@ -91,9 +91,10 @@ struct ContentView: View {
                 }
                 let tensor = try Preprocessing.tensor(rgba: pixels, width: g.width, height: g.height, input: input)
                 let t1 = DispatchTime.now().uptimeNanoseconds
-                let output = try c.run(tensor)
+                let detected = try c.detections(tensor, manifest: model.manifest, labels: model.labels)   // task detection
+                let output = detected == nil ? try c.run(tensor) : []
                 let t2 = DispatchTime.now().uptimeNanoseconds
-                let top = TopK.topK(output, meaning: model.manifest.outputs[0].meaning, labels: model.labels)
+                let top = detected ?? TopK.topK(output, meaning: model.manifest.outputs[0].meaning, labels: model.labels)
                 let text = String(format: "Core ML · %@ · %@ · %.2f ms (+%.1f ms preprocessing) · loaded in %.0f ms",
                                   artifact.precision, compute.title, Double(t2 - t1) / 1e6, Double(t1 - t0) / 1e6, c.loadMs)
                 await MainActor.run {

@@ -12,6 +12,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "EdgeshipKit", resources: [.copy("Resources/manifest.example.json")]),
-        .testTarget(name: "EdgeshipKitTests", dependencies: ["EdgeshipKit"]),
+        .testTarget(name: "EdgeshipKitTests", dependencies: ["EdgeshipKit"],
+                    resources: [.copy("Resources/detection.fixture.json")]),
     ]
 )

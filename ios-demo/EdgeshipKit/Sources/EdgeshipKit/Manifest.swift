@@ -16,6 +16,8 @@ public struct ModelManifest: Decodable, Equatable {
     public var inputs: [ModelInput]
     public var outputs: [ModelOutput]
     public var artifacts: [Artifact]
+    /// task "detection": how the raw outputs decode (Detection.swift); nil for other tasks.
+    public var detection: DetectionSpec?
 
     enum CodingKeys: String, CodingKey {
         case schemaVersion = "schema_version"
@@ -28,6 +30,7 @@ public struct ModelManifest: Decodable, Equatable {
         case inputs = "inputs"
         case outputs = "outputs"
         case artifacts = "artifacts"
+        case detection = "detection"
     }
 
     /// Parses manifest.json; a newer MAJOR schema_version is refused before anything else is read.

@@ -106,3 +106,45 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(Set(latency.keys), ["mean", "std", "p50", "p90", "p99", "min", "max"])
     }
 }
+
+/// Detection.swift against the Python reference (edgeship_runtime.detect): detection.fixture.json holds MTCNN
+/// P-Net's real outputs on two photos and synthetic SSD / YOLO / xyxy heads, with the boxes Python made of them.
+final class DetectionTests: XCTestCase {
+    func testDecodesLikeThePythonReference() throws {
+        let url = try XCTUnwrap(Bundle.module.url(forResource: "detection.fixture", withExtension: "json"))
+        let root = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        let cases = try XCTUnwrap(root["cases"] as? [[String: Any]])
+        XCTAssertGreaterThanOrEqual(cases.count, 5)
+        for c in cases {
+            let name = c["name"] as? String ?? "?"
+            let section = try JSONSerialization.data(withJSONObject: try XCTUnwrap(c["detection"]))
+            let spec = try JSONDecoder().decode(DetectionSpec.self, from: section)
+            var outputs: [String: (shape: [Int], data: [Float])] = [:]
+            for o in try XCTUnwrap(c["outputs"] as? [[String: Any]]) {
+                let values = try XCTUnwrap(o["data"] as? [NSNumber]).map { $0.floatValue }
+                outputs[try XCTUnwrap(o["name"] as? String)] = (try XCTUnwrap(o["shape"] as? [Int]), values)
+            }
+            let got = try spec.decode(outputs)
+            let want = try XCTUnwrap(c["expected"] as? [[String: Any]])
+            XCTAssertEqual(got.count, want.count, name)
+            let tol: Float = spec.boxFormat == "anchor_deltas" ? 1e-3 : 1e-4
+            for (d, w) in zip(got, want) {
+                let box = try XCTUnwrap(w["box"] as? [NSNumber]).map { $0.floatValue }
+                XCTAssertEqual(d.classIndex, w["class"] as? Int, name)
+                XCTAssertEqual(d.score, try XCTUnwrap(w["score"] as? NSNumber).floatValue, accuracy: 1e-6, name)
+                XCTAssertEqual(d.x1, box[0], accuracy: tol, name)
+                XCTAssertEqual(d.y1, box[1], accuracy: tol, name)
+                XCTAssertEqual(d.x2, box[2], accuracy: tol, name)
+                XCTAssertEqual(d.y2, box[3], accuracy: tol, name)
+            }
+        }
+    }
+
+    func testNmsDropsOnlyOverlapsAboveTheThreshold() {
+        let boxes: [Float] = [0, 0, 10, 10, 5, 0, 15, 10, 100, 100, 110, 110]
+        let scores: [Float] = [0.9, 0.8, 0.7]
+        XCTAssertEqual(Nms.iou(boxes, 0, 1), 1.0 / 3.0, accuracy: 1e-12)
+        XCTAssertEqual(Nms.nms(boxes, scores, [0, 1, 2], 0.34), [0, 1, 2])
+        XCTAssertEqual(Nms.nms(boxes, scores, [0, 1, 2], 0.33), [0, 2])
+    }
+}

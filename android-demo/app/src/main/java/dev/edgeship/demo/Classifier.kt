@@ -3,6 +3,7 @@ package dev.edgeship.demo
 import android.content.Context
 import android.graphics.Bitmap
 import dev.edgeship.core.Artifact
+import dev.edgeship.core.DetectionSpec
 import dev.edgeship.core.Layouts
 import dev.edgeship.core.Prediction
 import dev.edgeship.core.Preprocessing
@@ -36,6 +37,7 @@ class Classifier(context: Context, val packaged: ModelStore.Packaged, val artifa
     }
 
     fun classify(bitmap: Bitmap, k: Int = 5): Classification {
+        packaged.manifest.detection?.let { return detect(bitmap, it) }
         val t0 = System.nanoTime()
         val x = tensorFor(bitmap)
         val t1 = System.nanoTime()
@@ -43,6 +45,24 @@ class Classifier(context: Context, val packaged: ModelStore.Packaged, val artifa
         val t2 = System.nanoTime()
         val top = TopK.topK(y, packaged.manifest.outputs[0].meaning, packaged.labels, k)
         return Classification(top, (t2 - t1) / 1e6, (t1 - t0) / 1e6)
+    }
+
+    /** task detection: raw boxes and scores -> decode + NMS in Kotlin (core Detection.kt) -> boxes in the photo's
+     *  pixels, shown as "label [x1, y1, x2, y2]" rows, best first. */
+    private fun detect(bitmap: Bitmap, spec: DetectionSpec): Classification {
+        val t0 = System.nanoTime()
+        val x = tensorFor(bitmap)
+        val t1 = System.nanoTime()
+        val outputs = runner.runAll(x)
+        val t2 = System.nanoTime()
+        val boxes = spec.decode(packaged.manifest.outputs, outputs).map {
+            it.scaled(geometry.width, geometry.height, bitmap.width, bitmap.height, spec.coordinates == "normalized")
+        }
+        val rows = boxes.map {
+            Prediction(it.classIndex, "${spec.label(it.classIndex, packaged.labels)} " +
+                "[%.0f, %.0f, %.0f, %.0f]".format(it.x1, it.y1, it.x2, it.y2), it.score.toDouble())
+        }
+        return Classification(rows, (t2 - t1) / 1e6, (t1 - t0) / 1e6)
     }
 
     override fun close() = runner.close()

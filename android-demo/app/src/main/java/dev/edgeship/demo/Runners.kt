@@ -24,6 +24,8 @@ interface ModelRunner : AutoCloseable {
     val inputShape: List<Int>?
     val notes: List<String>
     fun run(input: FloatArray): FloatArray
+    /** Every output as floats, in the model's output order (a detector's raw boxes and scores). */
+    fun runAll(input: FloatArray): List<FloatArray> = listOf(run(input))
 }
 
 object Runners {
@@ -98,6 +100,24 @@ class LiteRtRunner(file: File, threads: Int) : ModelRunner {
         }
     }
 
+    override fun runAll(input: FloatArray): List<FloatArray> {
+        if (interpreter.outputTensorCount == 1) return listOf(run(input))
+        val inT = interpreter.getInputTensor(0)
+        if (inT.dataType() != DataType.FLOAT32) throw IllegalArgumentException("a multi-output model needs float32 input")
+        val inBuf = ByteBuffer.allocateDirect(inT.numBytes()).order(ByteOrder.nativeOrder())
+        inBuf.asFloatBuffer().put(input)
+        val outs = (0 until interpreter.outputTensorCount).map {
+            ByteBuffer.allocateDirect(interpreter.getOutputTensor(it).numBytes()).order(ByteOrder.nativeOrder())
+        }
+        interpreter.runForMultipleInputsOutputs(arrayOf<Any>(inBuf), outs.indices.associate { it to (outs[it] as Any) })
+        return outs.mapIndexed { i, b ->
+            b.rewind()
+            if (interpreter.getOutputTensor(i).dataType() != DataType.FLOAT32)
+                throw IllegalArgumentException("output $i is not float32 (a quantized detector: use its fp32 artifact)")
+            FloatArray(interpreter.getOutputTensor(i).numElements()).also { b.asFloatBuffer().get(it) }
+        }
+    }
+
     override fun close() = interpreter.close()
 }
 
@@ -121,6 +141,12 @@ class ExecuTorchRunner(file: File, threads: Int, private val shape: List<Int>?) 
         val out = module.forward(EValue.from(Tensor.fromBlob(input, dims)))
         if (out.isEmpty()) throw IllegalStateException("ExecuTorch returned no output")
         return out[0].toTensor().dataAsFloatArray
+    }
+
+    override fun runAll(input: FloatArray): List<FloatArray> {
+        val dims = (shape ?: throw IllegalStateException("the manifest gives no input shape for this .pte"))
+            .map { it.toLong() }.toLongArray()
+        return module.forward(EValue.from(Tensor.fromBlob(input, dims))).map { it.toTensor().dataAsFloatArray }
     }
 
     override fun close() = module.destroy()
@@ -155,6 +181,17 @@ class OrtRunner(file: File, threads: Int) : ModelRunner {
                 val out = result.get(0) as OnnxTensor
                 val fb = out.floatBuffer
                 return FloatArray(fb.remaining()).also { fb.get(it) }
+            }
+        }
+    }
+
+    override fun runAll(input: FloatArray): List<FloatArray> {
+        OnnxTensor.createTensor(env, FloatBuffer.wrap(input), dims).use { tensor ->
+            session.run(mapOf(inputName to tensor)).use { result ->
+                return (0 until result.size()).map { i ->
+                    val fb = (result.get(i) as OnnxTensor).floatBuffer
+                    FloatArray(fb.remaining()).also { fb.get(it) }
+                }
             }
         }
     }

@@ -41,6 +41,7 @@ object ManifestKeys {
     const val ZERO_POINT = "zero_point"
     const val MIN_OS = "min_os"
     const val NOTES = "notes"
+    const val DETECTION = "detection"
 }
 
 class Preprocess(
@@ -91,7 +92,9 @@ data class Artifact(
 class Manifest(
     val schemaVersion: String, val name: String, val task: String, val labels: String?, val numClasses: Int?,
     val tools: Map<String, String?>, val inputs: List<ModelInput>, val outputs: List<ModelOutput>,
-    val artifacts: List<Artifact>
+    val artifacts: List<Artifact>,
+    /** task "detection": how the raw outputs decode (Detection.kt); null for other tasks. */
+    val detection: DetectionSpec? = null
 ) {
     /** The artifact named by [query]: its path, its file name, or its format (the first of that format). */
     fun findArtifact(query: String): Artifact? =
@@ -125,7 +128,8 @@ class Manifest(
                     val om = obj(o, "output")
                     ModelOutput(str(om, k.NAME, "output"), ints(om, k.SHAPE), str(om, k.DTYPE, "output"), om[k.MEANING] as? String)
                 },
-                artifacts = list(m, k.ARTIFACTS, "manifest").map { parseArtifact(obj(it, "artifact")) }
+                artifacts = list(m, k.ARTIFACTS, "manifest").map { parseArtifact(obj(it, "artifact")) },
+                detection = (m[k.DETECTION] as? Map<*, *>)?.let { DetectionSpec.parse(it) }
             ).also {
                 if (it.inputs.isEmpty()) throw ManifestException("manifest.json lists no inputs")
                 if (it.outputs.isEmpty()) throw ManifestException("manifest.json lists no outputs")
