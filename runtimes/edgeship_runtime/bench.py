@@ -1,10 +1,12 @@
 """Benchmark one model file in its runtime and print one JSON object on stdout.
 
     python -m edgeship_runtime.bench MODEL [--manifest manifest.json] [--runs N] [--warmup M] [--threads T]
-                                           [--inputs x.npz] [--seed S] [--json-out FILE]
+                                           [--inputs x.npz] [--seed S] [--json-out FILE] [--shape NAME=1x128 ...]
 
 Inputs are random (fixed seed) from the runtime's input info, or from the manifest's input specs when --manifest is
 given (integer inputs in [0, 100) unless the spec gives ``low``/``high``), or read from an .npz (--inputs).
+``--shape NAME=DIMS`` sets an input's shape (a size of its dynamic dimensions; the runtime resizes to it), and the
+result gives ``batch`` (the first input's first dimension) and ``items_per_s`` (batch / p50).
 Errors print {"error": ..., "hint": ...} and exit 2. Native libraries' chatter is sent to stderr so that stdout
 holds the JSON alone.
 """
@@ -126,9 +128,26 @@ def _stats(ms: np.ndarray) -> Dict[str, float]:
             "p99": float(np.percentile(ms, 99)), "min": float(ms.min()), "max": float(ms.max())}
 
 
+def parse_shapes(items: Optional[Sequence[str]]) -> Dict[str, List[int]]:
+    """``["tokens=1x128", ...]`` -> {"tokens": [1, 128]}."""
+    out: Dict[str, List[int]] = {}
+    for item in items or ():
+        name, sep, dims = item.partition("=")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            shape = []
+        if not sep or not name or not shape or min(shape) < 1:
+            raise ValueError(f"--shape {item!r}: write NAME=DIMS, e.g. tokens=1x128")
+        out[name] = shape
+    return out
+
+
 def bench(model: Path, *, runs: int = 50, warmup: int = 5, threads: Optional[int] = None,
-          manifest: Optional[Path] = None, inputs: Optional[Path] = None, seed: int = 0) -> Dict[str, Any]:
-    """Load ``model``, run it ``warmup`` then ``runs`` times, and return the result dict the CLI prints."""
+          manifest: Optional[Path] = None, inputs: Optional[Path] = None, seed: int = 0,
+          shapes: Optional[Dict[str, List[int]]] = None) -> Dict[str, Any]:
+    """Load ``model``, run it ``warmup`` then ``runs`` times, and return the result dict the CLI prints.
+    ``shapes``: {input name: shape} for random inputs of another size than the manifest's (dynamic dimensions)."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {runs} and {warmup}")
     if not model.exists():
@@ -145,7 +164,11 @@ def bench(model: Path, *, runs: int = 50, warmup: int = 5, threads: Optional[int
         with np.load(inputs) as z:
             feeds: Dict[str, np.ndarray] = {k: z[k] for k in z.files}
     else:
-        feeds = random_inputs(_input_specs(rt, manifest), seed)
+        specs = _input_specs(rt, manifest)
+        unknown = sorted(set(shapes or {}) - {sp["name"] for sp in specs})
+        if unknown:
+            raise ValueError(f"--shape names no input {unknown}; the inputs are {[sp['name'] for sp in specs]}")
+        feeds = random_inputs([dict(sp, shape=(shapes or {}).get(sp["name"], sp["shape"])) for sp in specs], seed)
     prepared = rt.prepare(feeds)
 
     # time the runtime, not our casting: the prepared arrays already have the dtypes the runtime wants
@@ -160,10 +183,12 @@ def bench(model: Path, *, runs: int = 50, warmup: int = 5, threads: Optional[int
         rt.run(prepared)
         times[k] = (time.perf_counter_ns() - t0) / 1e6
     lat = _stats(times)
+    batch = int(prepared[0].shape[0]) if prepared and prepared[0].ndim else 1
     return {
         "runtime": rt.name, "runtime_version": rt.version, "format": format_of(model), "model": str(model),
         "threads": rt.threads, "load_ms": load_ms, "first_run_ms": first_run_ms, "warmup": warmup, "runs": runs,
         "latency_ms": lat, "cv": lat["std"] / lat["mean"] if lat["mean"] > 0 else 0.0,
+        "batch": batch, "items_per_s": batch * 1000.0 / lat["p50"] if lat["p50"] > 0 else None,
         "peak_rss_mb": peak_rss_mb(),
         "load_rss_delta_mb": None if rss0 is None or rss1 is None else rss1 - rss0,
         "inputs": [{"name": i.name, "shape": list(a.shape), "dtype": str(a.dtype)} for i, a in zip(rt.inputs, prepared)],
@@ -230,9 +255,11 @@ def run_json_command(p: "_Parser", argv: Optional[Sequence[str]], job) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = runner_parser("python -m edgeship_runtime.bench", runs=50, warmup=5)
+    p.add_argument("--shape", action="append", help="NAME=DIMS: an input's shape (a size of its dynamic dimensions)")
     p.description = __doc__.splitlines()[0]
     return run_json_command(p, argv, lambda a: bench(a.model, runs=a.runs, warmup=a.warmup, threads=a.threads,
-                                                     manifest=a.manifest, inputs=a.inputs, seed=a.seed))
+                                                     manifest=a.manifest, inputs=a.inputs, seed=a.seed,
+                                                     shapes=parse_shapes(a.shape)))
 
 
 if __name__ == "__main__":

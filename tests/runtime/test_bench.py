@@ -11,7 +11,8 @@ import pytest
 from edgeship_runtime.bench import INT_HIGH, random_inputs
 
 KEYS = {"runtime", "runtime_version", "format", "model", "threads", "load_ms", "first_run_ms", "warmup", "runs",
-        "latency_ms", "cv", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes", "python", "platform", "cpu_features"}
+        "latency_ms", "cv", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes", "python", "platform", "cpu_features",
+        "batch", "items_per_s"}
 
 
 def bench(*args, check_rc=0) -> dict:

@@ -479,6 +479,16 @@ def _threads(text: str | None) -> list[int | None]:
         raise EdgeshipError(f"--threads {text!r} is not a number or a comma-separated list", hint="e.g. --threads 4 or --threads 1,2") from None
 
 
+def _sizes(flag: str, text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise EdgeshipError(f"{flag} {text!r} is not a size or a comma-separated list of sizes",
+                            hint=f"e.g. {flag} 1,4,8") from None
+
+
 @app.command()
 def bench(
     folder: Path = typer.Argument(..., help="an export folder (edgeship export --out FOLDER)"),
@@ -502,6 +512,10 @@ def bench(
                                              "executorch=executor_runner (repeatable)"),
     compare: Optional[str] = typer.Option(None, "--compare", help="a precision, e.g. fp32: each artifact's speed-up "
                                           "over that precision of the same format, measured in the same run"),
+    batch: Optional[str] = typer.Option(None, "--batch", help="sizes of the dynamic batch dimension (axis 0) to bench "
+                                        "at, e.g. 1,4,8: latency and throughput (items/s) per size"),
+    seq: Optional[str] = typer.Option(None, "--seq", help="sizes of the other dynamic dimensions (sequence length), "
+                                      "e.g. 32,128; with --batch, every pair"),
     as_json: bool = typer.Option(False, "--json", help="print the new bench entries as JSON"),
 ):
     """Benchmark every artifact of FOLDER on a device: latency percentiles, memory, energy; appended to report.json."""
@@ -512,12 +526,14 @@ def bench(
     opts = BenchOptions(runs, warmup, _threads(threads), rounds, cooldown, affinity,
                         export_mod.parse_formats(formats) if formats else None,
                         [p.strip() for p in precision.split(",")] if precision else None, energy, power_cmd,
-                        via=via or ("tool" if tool else "python"), tools=tool or None, compare=compare)
+                        via=via or ("tool" if tool else "python"), tools=tool or None, compare=compare,
+                        batch=_sizes("--batch", batch), seq=_sizes("--seq", seq))
     dev = parse_device(device, ssh_config=ssh_config, python=python)
     with err_console.status(f"benchmarking on {dev.id}") as status:
         def on_event(key, stage, info):
             if stage == "run":
-                status.update(f"{key}: round {info['round']}, threads {info['threads'] or 'default'} on {dev.id}")
+                size = f", {info['size']}" if info.get("size") else ""
+                status.update(f"{key}: round {info['round']}, threads {info['threads'] or 'default'}{size} on {dev.id}")
         entries = bench_folder(folder, dev, opts, on_event)
     if as_json:
         print(json.dumps(entries, indent=2))
@@ -540,13 +556,16 @@ def _bench_table(entries: list[dict], title: str) -> Table:
     from .report import _fmt_size
     t = Table(title=title)
     compared = next((e["speedup_vs"]["precision"] for e in entries if e.get("speedup_vs")), None)
-    cols = ["artifact", "size", "threads", "load ms", "first ms", "p50 ms", "p90 ms", "p99 ms", "cv", "peak RSS MB",
-            "energy mJ/inf"] + ([f"× {compared} speed"] if compared else []) + ["status"]
+    sized = any(e.get("size") for e in entries)   # --batch/--seq: the input size and the throughput at it
+    cols = ["artifact", "size"] + (["input size"] if sized else []) + ["threads", "load ms", "first ms", "p50 ms",
+            "p90 ms", "p99 ms", "cv", "peak RSS MB", "energy mJ/inf"] + (["items/s"] if sized else []) + \
+        ([f"× {compared} speed"] if compared else []) + ["status"]
     for col in cols:
         t.add_column(col)
     for e in entries:
+        at = [escape((e.get("size") or {}).get("label") or "—")] if sized else []
         if e["status"] != "ok":
-            t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), *[""] * (len(cols) - 3), f"[{_status_style('not run' if e['status'] == 'skipped' else 'failed')}]{e['status']}[/]: {escape(e.get('reason') or '')}")
+            t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), *at, *[""] * (len(cols) - 3 - len(at)), f"[{_status_style('not run' if e['status'] == 'skipped' else 'failed')}]{e['status']}[/]: {escape(e.get('reason') or '')}")
             continue
         lat, en = e["latency_ms"], e.get("energy") or {}
 
@@ -554,9 +573,10 @@ def _bench_table(entries: list[dict], title: str) -> Table:
             return "—" if v is None else format(v, spec)
         cv = num(e.get("cv"), ".1%") + (" [red]high[/]" if e.get("cv_flag") else "")
         energy_txt = f"{en['mj_per_inference']:.3f}" if en.get("mj_per_inference") is not None else "n/a*"
-        t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), str(e.get("threads")), num(e.get("load_ms"), ".1f"),
+        t.add_row(e["artifact"], _fmt_size(e.get("size_bytes")), *at, str(e.get("threads")), num(e.get("load_ms"), ".1f"),
                   num(e.get("first_run_ms"), ".2f"), num(lat.get("p50"), ".3f"), num(lat.get("p90"), ".3f"),
                   num(lat.get("p99"), ".3f"), cv, num(e.get("peak_rss_mb"), ".1f"), energy_txt,
+                  *([num(e.get("items_per_s"), ",.1f")] if sized else []),
                   *([_speedup_cell(e.get("speedup_vs"))] if compared else []), "[green]ok[/]")
     return t
 

@@ -72,6 +72,15 @@ def parity_text(parity: dict | None) -> str:
     return f"{fig}{extra}{top1}{why}{sizes_text(parity)}"
 
 
+def bench_name(b: dict) -> str:
+    """"onnx:fp32", or with --batch/--seq "onnx:fp32 · batch 8 (1,234 items/s)"."""
+    size = b.get("size") if isinstance(b.get("size"), dict) else None
+    if not size:
+        return str(b.get("artifact"))
+    rate = f" ({b['items_per_s']:,.0f} items/s)" if isinstance(b.get("items_per_s"), (int, float)) else ""
+    return f"{b.get('artifact')} · {size.get('label')}{rate}"
+
+
 def sizes_text(parity: dict) -> str:
     """" · sizes 1x8 pass, 1x64 pass, 1x512 pass": parity at each size of the dynamic dimensions (none: "")."""
     rows = [r for r in parity.get("sizes") or () if isinstance(r, dict)]
@@ -120,7 +129,7 @@ def plots(report: dict) -> list[tuple[str, str]]:
     bench = [b for b in report.get("bench", []) if (b.get("latency_ms") or {}).get("p50") is not None]
     if bench:
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(bench) + 1))
-        labels = [f"{b['artifact']} @ {b['device']}" for b in bench]
+        labels = [f"{bench_name(b)} @ {b['device']}" for b in bench]
         p50 = [b["latency_ms"]["p50"] for b in bench]
         lo = [0.0 if b["latency_ms"].get("min") is None else b["latency_ms"]["p50"] - b["latency_ms"]["min"] for b in bench]
         hi = [0.0 if b["latency_ms"].get("p99") is None else b["latency_ms"]["p99"] - b["latency_ms"]["p50"] for b in bench]
@@ -214,7 +223,7 @@ def render_html(report: dict) -> str:
         f"<td>{e(a.get('error') or '; '.join(a.get('notes', [])))}</td></tr>"
         for a in report.get("artifacts", []))
     bench_rows = "".join(
-        f"<tr><td>{e(b['artifact'])}</td><td>{e(b['device'])}</td><td>{b.get('threads')}</td>"
+        f"<tr><td>{e(bench_name(b))}</td><td>{e(b['device'])}</td><td>{b.get('threads')}</td>"
         + "".join(f"<td>{_num(b['latency_ms'].get(k), '.3f')}</td>" for k in ("p50", "p90", "p99"))
         + f"<td>{_num(b.get('load_ms'), '.1f')}</td><td>{_num(b.get('first_run_ms'), '.2f')}</td><td>{_num(b.get('peak_rss_mb'), '.1f')}</td>"
         f"<td>{e(str((b.get('energy') or {}).get('mj_per_inference', (b.get('energy') or {}).get('reason', '—'))))}</td></tr>"

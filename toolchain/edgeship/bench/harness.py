@@ -55,6 +55,8 @@ class BenchOptions:
     via: str = "python"                  # python (the runner) | tool (native binaries) | app (android-demo)
     tools: Mapping[str, str | Path] | None = None   # format -> native benchmark binary (or folder) on the host
     compare: str | None = None           # a precision (e.g. fp32): each artifact's speed-up over it, same format and run
+    batch: Sequence[int] | None = None   # sizes of the dynamic batch dimension (axis 0) to bench at
+    seq: Sequence[int] | None = None     # sizes of the other dynamic dimensions (sequence length) to bench at
 
     def __post_init__(self):
         if self.runs < 1 or self.warmup < 0 or self.rounds < 1:
@@ -72,6 +74,68 @@ class BenchOptions:
                                      "executorch=.../executor_runner), built for the device")
         if self.tools and self.via != "tool":
             raise EdgeshipError(f"--tool is used only with --via tool (got --via {self.via})")
+        for flag, sizes in (("--batch", self.batch), ("--seq", self.seq)):
+            if sizes is not None and (not sizes or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes)):
+                raise EdgeshipError(f"{flag} takes sizes ≥ 1, comma-separated (e.g. {flag} 1,4,8), got {list(sizes)}")
+        if (self.batch or self.seq) and self.via != "python":
+            raise EdgeshipError(f"--batch/--seq need the python runner (it resizes the inputs), not --via {self.via}")
+
+
+def size_points(manifest: dict, opts: BenchOptions) -> list[dict] | None:
+    """The input shapes to bench at for --batch and --seq (every batch × every seq), from the manifest's inputs:
+    --batch sets axis 0 of every input whose axis 0 is dynamic, --seq every other dynamic dimension. None without
+    --batch/--seq. A size outside an input's exported range, or a flag no dynamic dimension takes, is refused."""
+    if not opts.batch and not opts.seq:
+        return None
+    inputs = manifest["inputs"]
+    dyn = [{int(a): r for a, r in (i.get("dynamic") or {}).items()} for i in inputs]
+    written = ", ".join(f"{i['name']}:" + "x".join(f"({d[a][0]}..{d[a][1]})" if a in d else str(n)
+                                                  for a, n in enumerate(i["shape"])) for i, d in zip(inputs, dyn))
+    hint = ("export with a dynamic dimension, e.g. --input image:(1..8)x3x224x224 for --batch or "
+            "--input tokens:1x(8..512):int64 for --seq")
+    for flag, values, axes in (("--batch", opts.batch, lambda d: [a for a in d if a == 0]),
+                               ("--seq", opts.seq, lambda d: [a for a in d if a != 0])):
+        if not values:
+            continue
+        if not any(axes(d) for d in dyn):
+            raise EdgeshipError(f"{flag}: the folder's inputs ({written}) have no dynamic "
+                                f"{'batch dimension (axis 0)' if flag == '--batch' else 'dimension beyond axis 0'}",
+                                hint=hint)
+        for i, d in zip(inputs, dyn):
+            for a in axes(d):
+                bad = [v for v in values if not d[a][0] <= v <= d[a][1]]
+                if bad:
+                    raise EdgeshipError(f"{flag} {','.join(map(str, bad))}: outside the range {d[a][0]}..{d[a][1]} that "
+                                        f"input {i['name']!r} was exported with (dimension {a})",
+                                        hint=f"choose sizes in {d[a][0]}..{d[a][1]}, or export with a wider range")
+    points = []
+    for b in opts.batch or [None]:
+        for q in opts.seq or [None]:
+            shapes = {}
+            for i, d in zip(inputs, dyn):
+                shape = list(i["shape"])
+                for a in d:
+                    shape[a] = b if a == 0 and b is not None else q if a != 0 and q is not None else shape[a]
+                shapes[i["name"]] = shape
+            label = " ".join(f"{k} {v}" for k, v in (("batch", b), ("seq", q)) if v is not None)
+            points.append({"label": label, "batch": b, "seq": q, "shapes": shapes})
+    return points
+
+
+def _size_problem(art: dict, manifest: dict, point: dict) -> str | None:
+    """Why ``art`` cannot run at ``point`` (a format exported with fixed shapes, e.g. TFLite), or None."""
+    ins = art.get("inputs") or []
+    for k, i in enumerate(manifest["inputs"]):
+        want = point["shapes"][i["name"]]
+        if k >= len(ins) or want == list(i["shape"]):
+            continue
+        a = ins[k]
+        dyn = {int(x): r for x, r in (a.get("dynamic") or {}).items()}
+        fixed = [n for x, n in enumerate(want) if x not in dyn and x < len(a["shape"]) and a["shape"][x] not in (None, n)]
+        if fixed or any(not dyn[x][0] <= want[x] <= dyn[x][1] for x in dyn if x < len(want)):
+            shape = "x".join("?" if n is None else str(n) for n in a["shape"])
+            return f"fixed shape: takes {i['name']} {shape} only, not {'x'.join(map(str, want))}"
+    return None
 
 
 def select_artifacts(manifest: dict, opts: BenchOptions) -> list[dict]:
@@ -95,13 +159,16 @@ def select_artifacts(manifest: dict, opts: BenchOptions) -> list[dict]:
 
 
 def add_speedups(entries: list[dict], baseline: str) -> None:
-    """Give each measured entry ``speedup_vs``: the ``baseline`` precision's p50 over its own, for the same format and
-    thread count, measured in the same run (alternating rounds), so the ratio is fair on a busy or drifting device."""
-    base = {(e["format"], e.get("threads")): e for e in entries if e["status"] == "ok" and e["precision"] == baseline}
+    """Give each measured entry ``speedup_vs``: the ``baseline`` precision's p50 over its own, for the same format,
+    thread count and size, measured in the same run (alternating rounds), so the ratio is fair on a busy or drifting
+    device."""
+    def key(e: dict) -> tuple:
+        return e["format"], e.get("threads"), (e.get("size") or {}).get("label")
+    base = {key(e): e for e in entries if e["status"] == "ok" and e["precision"] == baseline}
     for e in entries:
         if e["status"] != "ok" or e["precision"] == baseline:
             continue
-        b = base.get((e["format"], e.get("threads")))
+        b = base.get(key(e))
         if b is None:
             e["speedup_vs"] = {"precision": baseline, "x": None, "reason": f"no {baseline} {e['format']} result in this run"}
             continue
@@ -135,9 +202,12 @@ def remote_path(d: str, rel: str) -> str:
     return f"{d}/{'/'.join(parts)}"
 
 
-def _runner_argv(device, d: str, art: dict, opts: BenchOptions, threads: int | None) -> list[str]:
+def _runner_argv(device, d: str, art: dict, opts: BenchOptions, threads: int | None,
+                 point: dict | None = None) -> list[str]:
     argv = [device.python or "python3", "-m", "edgeship_runtime.bench", remote_path(d, art["path"]),
             "--manifest", f"{d}/manifest.json", "--runs", str(opts.runs), "--warmup", str(opts.warmup)]
+    for name, shape in ((point or {}).get("shapes") or {}).items():
+        argv += ["--shape", f"{name}={'x'.join(map(str, shape))}"]
     if threads:
         argv += ["--threads", str(threads)]
     if opts.affinity:
@@ -176,9 +246,10 @@ def _measure(device, opts: BenchOptions, source, job: Callable[[], dict], what: 
     return out, energy
 
 
-def _python_job(device, d: str, art: dict, opts: BenchOptions, threads: int | None) -> Callable[[], dict]:
+def _python_job(device, d: str, art: dict, opts: BenchOptions, threads: int | None,
+                point: dict | None = None) -> Callable[[], dict]:
     def job() -> dict:
-        cp = device.run(_runner_argv(device, d, art, opts, threads), timeout_s=opts.timeout_s, cwd=d,
+        cp = device.run(_runner_argv(device, d, art, opts, threads, point), timeout_s=opts.timeout_s, cwd=d,
                         env={"PYTHONPATH": d})
         try:
             return parse_runner_output(cp.stdout)
@@ -257,6 +328,7 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
     if opts.via == "app" and getattr(device, "kind", None) != "adb":
         raise EdgeshipError(f"--via app runs the android-demo app's benchmark mode: it needs an adb device, not {device.id}",
                             hint="--device adb (the app installed with ./gradlew installDebug)")
+    points = size_points(manifest, opts)   # --batch/--seq, checked before anything runs
     info = device.info()
     entries: list[dict] = []
     runnable = []
@@ -275,18 +347,24 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
             runnable.append(a)
     source = _energy_source(device, opts)
     what = {"python": "runner", "tool": "benchmark tool", "app": "app"}[opts.via]
-    results: dict[tuple[str, int | None], list[tuple[dict, dict | None]]] = {}
+    results: dict[tuple[str, int | None, str | None], list[tuple[dict, dict | None]]] = {}
+    sizes = points or [None]
+    cant = {(a["path"], p["label"]): why for a in runnable for p in points or ()
+            if (why := _size_problem(a, manifest, p))}
     if runnable:
         with (device.tempdir() if opts.via != "app" else contextlib.nullcontext("")) as d:
             exes = _push(device, d, folder, runnable, opts) if opts.via != "app" else {}
             for rnd in range(opts.rounds):
                 order = runnable if rnd % 2 == 0 else runnable[::-1]    # alternate to spread drift and heat
                 for threads in opts.threads:
-                    for a in order:
+                    for a, point in ((a, p) for p in sizes for a in order):
+                        label = point and point["label"]
+                        if (a["path"], label) in cant:
+                            continue
                         key = f"{a['format']}:{a['precision']}"
-                        on_event(key, "run", {"round": rnd + 1, "threads": threads})
+                        on_event(key, "run", {"round": rnd + 1, "threads": threads, "size": label})
                         if opts.via == "python":
-                            job = _python_job(device, d, a, opts, threads)
+                            job = _python_job(device, d, a, opts, threads, point)
                         elif opts.via == "tool":
                             job = _tool_job(device, d, a, opts, threads, exes[a["format"]])
                         else:
@@ -295,15 +373,21 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
                             out, energy = _measure(device, opts, source, job, what)
                         except EdgeshipError as e:
                             out, energy = {"error": e.message + (f" (hint: {e.hint})" if e.hint else "")}, None
-                        results.setdefault((a["path"], threads), []).append((out, energy))
+                        results.setdefault((a["path"], threads, label), []).append((out, energy))
                         if opts.cooldown_s:
                             time.sleep(opts.cooldown_s)
     for a in runnable:
         for threads in opts.threads:
-            rounds = results[(a["path"], threads)]
-            entry = _merge_rounds(device, info, a, rounds, opts)
-            entries.append(entry)
-            on_event(f"{a['format']}:{a['precision']}", "done", entry)
+            for point in sizes:
+                label = point and point["label"]
+                if (a["path"], label) in cant:
+                    entry = _entry(device, info, a, None, opts, status="skipped", reason=cant[(a["path"], label)])
+                else:
+                    entry = _merge_rounds(device, info, a, results[(a["path"], threads, label)], opts)
+                if point is not None:
+                    entry["size"] = point
+                entries.append(entry)
+                on_event(f"{a['format']}:{a['precision']}", "done", entry)
     if opts.compare:
         add_speedups(entries, opts.compare)
     report.setdefault("bench", []).extend(entries)
@@ -338,7 +422,7 @@ def _merge_rounds(device, info, art: dict, rounds: list[tuple[dict, dict | None]
     out, energy = good[len(good) // 2]
     e = _entry(device, info, art, out, opts)
     for k in ("runtime", "runtime_version", "threads", "runs", "warmup", "latency_ms", "cv", "load_ms", "first_run_ms",
-              "peak_rss_mb", "load_rss_delta_mb", "inputs"):
+              "peak_rss_mb", "load_rss_delta_mb", "inputs", "batch", "items_per_s"):
         e[k] = out.get(k)
     if out.get("tool"):
         e["tool"] = out["tool"]
