@@ -116,12 +116,16 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
         def pre_processed(model, stem: str) -> Path:
             fp32, pre = Path(tmp) / f"{stem}.onnx", Path(tmp) / f"{stem}-pre.onnx"
             onnx.save_model(model, str(fp32))
+            cwd = os.getcwd()   # run in tmp: onnxruntime's symbolic shape inference, when incomplete, writes
+            os.chdir(tmp)       # sym_shape_infer_temp.onnx and its external data into the working directory
             try:
                 quant_pre_process(str(fp32), str(pre))
             except Exception as e:  # noqa: BLE001 - pre-processing only helps; quantize the graph as it is
                 log.warning("onnxruntime quant_pre_process failed, quantizing without it: %s", e)
                 notes.append(f"quantized without quant_pre_process (it failed: {type(e).__name__})")
                 pre = fp32
+            finally:
+                os.chdir(cwd)
             return pre
 
         forms = int8_kernel_forms(model) if not dynamic else {}
