@@ -628,6 +628,15 @@ def load_reference(folder: Path, manifest: dict) -> tuple[list[list[np.ndarray]]
 
 def load_size_checks(folder: Path, manifest: dict) -> list[SizeCheck]:
     """The MIN/example/MAX verification sets of dynamic dimensions stored in reference.npz (empty when none)."""
+    try:
+        return _load_size_checks(folder, manifest)
+    except Exception as e:  # noqa: BLE001 - a missing or mangled array: the file is damaged, as in load_reference
+        raise EdgeshipError(f"{folder / REFERENCE_FILE} cannot be read as the folder's reference data at the sizes of "
+                            f"its dynamic dimensions ({type(e).__name__}: {str(e)[:200]})",
+                            hint="export the folder again") from None
+
+
+def _load_size_checks(folder: Path, manifest: dict) -> list[SizeCheck]:
     out = []
     with np.load(folder / REFERENCE_FILE, allow_pickle=False) as z:
         for label in ("min", "example", "max"):
