@@ -38,8 +38,8 @@ NEEDED_KEYS = {"schema_version", "name", "labels", "inputs", "outputs", "artifac
                "preprocess", "color_order", "value_range", "mean", "std", "invert", "meaning", "format",
                "precision", "path", "sha256", "runtime"}
 BENCH_KEYS = {"runtime", "runtime_version", "format", "model", "threads", "load_ms", "first_run_ms", "warmup", "runs",
-              "latency_ms", "cv", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes", "python", "platform",
-              "cpu_features"}
+              "latency_ms", "cv", "batch", "items_per_s", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes",
+              "python", "platform", "cpu_features"}
 
 
 _ROOT = object()

@@ -85,6 +85,8 @@ public struct BenchResult: Encodable {
         case runs = "runs"
         case latency = "latency_ms"
         case cv = "cv"
+        case batch = "batch"
+        case itemsPerS = "items_per_s"
         case peakRssMb = "peak_rss_mb"
         case loadRssDeltaMb = "load_rss_delta_mb"
         case inputs = "inputs"
@@ -110,6 +112,9 @@ public struct BenchResult: Encodable {
         try c.encode(runs, forKey: .runs)
         try c.encode(latency, forKey: .latency)
         try c.encode(latency.cv, forKey: .cv)
+        let batch = inputs.first?.shape.first.flatMap { $0 } ?? 1   // the first input's first dimension
+        try c.encode(batch, forKey: .batch)
+        try c.encode(latency.p50 > 0 ? Double(batch) * 1000.0 / latency.p50 : nil, forKey: .itemsPerS)
         try c.encode(peakRssMb, forKey: .peakRssMb)
         try c.encode(loadRssDeltaMb, forKey: .loadRssDeltaMb)
         try c.encode(inputs.map { InputEntry(name: $0.name, shape: $0.shape, dtype: $0.dtype) }, forKey: .inputs)

@@ -48,11 +48,16 @@ class BenchResult(
     val peakRssMb: Double?, val loadRssDeltaMb: Double?, val inputs: List<TensorSpec>, val notes: List<String>,
     val platform: String, val cpuFeatures: Map<String, Any?>? = CpuFeatures.read()
 ) {
+    /** The first input's first dimension, as the runner reports it (1 for a scalar input). */
+    val batch: Int get() = inputs.firstOrNull()?.shape?.firstOrNull() ?: 1
+
     /** The runner's JSON keys, in its order. `python` is null: no Python runs on the phone. */
     fun toMap(): Map<String, Any?> = linkedMapOf(
         "runtime" to runtime, "runtime_version" to runtimeVersion, "format" to format, "model" to model,
         "threads" to threads, "load_ms" to loadMs, "first_run_ms" to firstRunMs, "warmup" to warmup, "runs" to runs,
-        "latency_ms" to latency.toMap(), "cv" to latency.cv, "peak_rss_mb" to peakRssMb,
+        "latency_ms" to latency.toMap(), "cv" to latency.cv,
+        "batch" to batch, "items_per_s" to if (latency.p50 > 0) batch * 1000.0 / latency.p50 else null,
+        "peak_rss_mb" to peakRssMb,
         "load_rss_delta_mb" to loadRssDeltaMb,
         "inputs" to inputs.map { linkedMapOf("name" to it.name, "shape" to it.shape, "dtype" to it.dtype) },
         "notes" to notes, "python" to null, "platform" to platform, "cpu_features" to cpuFeatures

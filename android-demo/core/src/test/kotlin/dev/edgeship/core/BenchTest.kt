@@ -29,7 +29,7 @@ class BenchTest {
             listOf(TensorSpec("image", listOf(1, 3, 96, 96), "float32", null)), emptyList(), "Android 15")
         val m = Json.parse(r.toJson()) as Map<*, *>
         assertEquals(listOf("runtime", "runtime_version", "format", "model", "threads", "load_ms", "first_run_ms",
-            "warmup", "runs", "latency_ms", "cv", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes", "python",
+            "warmup", "runs", "latency_ms", "cv", "batch", "items_per_s", "peak_rss_mb", "load_rss_delta_mb", "inputs", "notes", "python",
             "platform", "cpu_features"), m.keys.toList())
         assertEquals(listOf("mean", "std", "p50", "p90", "p99", "min", "max"), (m["latency_ms"] as Map<*, *>).keys.toList())
         assertNull(m["python"])
