@@ -103,3 +103,19 @@ def test_every_int8_runtime_ships_the_smoothed_graph_and_keeps_25_db(tmp_path):
         got = np.concatenate([np.asarray(rt.run([x.numpy()])[0], np.float64).ravel() for (x,) in xs[32:]])
         sqnr = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2))
         assert sqnr >= 25, (art["format"], sqnr, art["details"]["candidates_sqnr_db"])
+
+
+@pytest.mark.slow
+def test_the_smoothed_onnx_graph_keeps_the_dynamic_sequence_length(tmp_path):
+    """onnxruntime's SmoothQuant round re-exports the smoothed graph: with the model's dynamic dimensions, so the
+    int8 file runs at every length of the range (measured 33.0 / 33.1 / 31.6 dB at 4 / 12 / 32)."""
+    from edgeship.model import InputSpec, ModelSpec
+    from edgeship.pipeline import ExportOptions, run_export
+
+    model = Block(0).eval()
+    xs = _samples(0, 32)
+    spec = ModelSpec(model, (InputSpec("x", (1, 12, 16), dynamic={1: (4, 32)}),))
+    art = run_export(spec, tmp_path / "out", ExportOptions(["onnx"], ("int8",), calib=xs))["artifacts"][0]
+    assert art["details"]["recipe"].startswith("SmoothQuant"), art["details"]
+    sizes = {s["shapes"]["x"][1]: s for s in art["parity"]["sizes"]}
+    assert set(sizes) == {4, 12, 32} and all(s["sqnr_db"] >= 25 for s in sizes.values()), sizes

@@ -54,15 +54,14 @@ class OnnxExporter:
         out_names = list(spec.output_names or (["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
 
         def to_onnx(module: torch.nn.Module, fp16: bool = False):
-            """(model, scopes, notes, nodes as exported): ``module`` (``spec.module`` or a graph made from it) as
-            checked, slimmed ONNX."""
+            """(model, scopes, notes, nodes as exported): ``module`` (``spec.module`` or a graph made from it with
+            the same inputs, such as the SmoothQuant remedy's) as checked, slimmed ONNX."""
             with tempfile.TemporaryDirectory() as tmp:
                 raw = Path(tmp) / "raw.onnx"
-                # dynamic dimensions become named dynamic axes (batch, seq); a graph made from the module (the
-                # SmoothQuant remedy's) is traced at the example size and stays fixed
+                # dynamic dimensions become named dynamic axes (batch, seq)
                 prog = torch.onnx.export(module, spec.example_inputs(), str(raw), dynamo=True, external_data=False,
                                          opset_version=OPSET, input_names=names, output_names=out_names, verbose=False,
-                                         dynamic_shapes=spec.dynamic_shapes() if module is spec.module else None)
+                                         dynamic_shapes=spec.dynamic_shapes())
                 del prog
                 model = onnx.load(str(raw))
             onnx.checker.check_model(model, full_check=True)
@@ -169,7 +168,7 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
                 if not smoothed:
                     from ..compress.quantize import export_graph
                     from ..compress.smooth import smooth_graph, smooth_pairs
-                    graph = export_graph(spec.module, spec.example_inputs())
+                    graph = export_graph(spec.module, spec.example_inputs(), spec.dynamic_shapes())
                     if to_onnx is None or not smooth_pairs(graph):
                         smoothed["skip"] = "no layer norm or linear layer feeds a linear layer"
                     else:
