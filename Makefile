@@ -11,7 +11,7 @@ TEST_NODEPS := facenet-pytorch==2.6.0
 REAL_NODEPS := $(TEST_NODEPS) onnx2torch==1.5.15 torchcrepe==0.0.24 resemblyzer==0.1.4
 REAL_STAMP := $(VENV)/.edgeship-real-installed
 
-.PHONY: setup real-setup demo test test-fast bench bench-distill fidelity clean
+.PHONY: setup real-setup demo test test-fast bench bench-distill fidelity architectures clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,10 @@ bench-distill: setup
 # int8 on real pretrained networks, each runtime's plain recipe beside edgeship's: bench/fidelity.md (~35 min)
 fidelity: real-setup
 	$(BIN)/python bench/fidelity.py
+
+# Hugging Face architectures (ResNet ... Wav2Vec2, small configs) in every format at fp32 and fp16: bench/architectures.md
+architectures: setup
+	$(BIN)/python bench/architectures.py
 
 clean:
 	rm -rf dist .pytest_cache
