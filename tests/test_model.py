@@ -153,3 +153,26 @@ def test_a_plain_module_with_labelled_eval_data_gets_accuracy_in_every_runtime(t
     report = run_export(spec, tmp_path / "out", ExportOptions(["onnx"], eval_data=eval_split("digits", spec)))
     acc = report["artifacts"][0]["accuracy"]
     assert acc["status"] == "ok" and acc["examples"] == 360 and acc["agreement_with_torch"] == 1.0
+
+
+def test_an_input_layout_the_apps_cannot_preprocess_is_refused_before_any_export():
+    """It was accepted at load and refused by the manifest schema after every format had been exported."""
+    import json
+
+    from edgeship.model import LAYOUTS
+    with pytest.raises(EdgeshipError) as e:
+        InputSpec("x", (1, 80, 200), layout="NCT")
+    assert str(e.value).startswith("input 'x' has layout 'NCT', which the apps cannot preprocess")
+    assert "layout=None" in e.value.hint
+    assert InputSpec("x", (1, 80, 200)).layout is None
+    schema = json.loads((Path(__file__).parents[1] / "toolchain/edgeship/schemas/manifest.schema.json").read_text())
+    def layouts(node):   # the schema's layout enum, wherever it sits
+        if isinstance(node, dict):
+            if "layout" in node and isinstance(node["layout"], dict) and "enum" in node["layout"]:
+                yield node["layout"]["enum"]
+            for v in node.values():
+                yield from layouts(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from layouts(v)
+    assert all(e == [*LAYOUTS, None] for e in layouts(schema)) and any(True for _ in layouts(schema))

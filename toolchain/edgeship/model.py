@@ -26,6 +26,7 @@ DTYPES = {
     "float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
     "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
 }
+LAYOUTS = ("NCHW", "NHWC", "NC", "NT")   # what the apps and the Pi kit preprocess; the manifest schema's enum
 _DTYPE_ALIASES = {"f32": "float32", "fp32": "float32", "float": "float32", "f16": "float16", "fp16": "float16",
                   "i64": "int64", "long": "int64", "i32": "int32", "int": "int32", "u8": "uint8", "i8": "int8"}
 TASKS = ("image-classification", "text-classification", "classification", "detection", "segmentation", "embedding",
@@ -68,6 +69,10 @@ class InputSpec:
             raise EdgeshipError(f"input {self.name!r} has shape {self.shape}; every dimension must be a positive integer")
         if self.dtype not in DTYPES:
             raise EdgeshipError(f"input {self.name!r} has dtype {self.dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise EdgeshipError(f"input {self.name!r} has layout {self.layout!r}, which the apps cannot preprocess",
+                                hint=f"use one of {', '.join(LAYOUTS)}, or layout=None for any other (audio features "
+                                     "NCT, say): the apps then take the tensor as it is")
         self._check_range()
 
     def _check_dynamic(self) -> None:
