@@ -455,6 +455,11 @@ def dedupe_initializers(model) -> tuple[dict[str, list[str]], int]:
 
 
 def _save(onnx, model, path: Path) -> None:
+    """Write ``model`` atomically, without torch.onnx's per-node debug metadata (module paths and class names of
+    the user's code, stack traces): onnxslim drops it, but a graph it was not allowed to simplify (fp16 rarely
+    stays within its 1e-5) kept it, and a MobileViT's fp16 file came out 2.24 MB against 1.40 MB in fp32."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
     tmp = path.with_name(path.name + ".tmp")
     onnx.save_model(model, str(tmp))
     os.replace(tmp, path)
