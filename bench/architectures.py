@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "toolchain"))
 
+from edgeship.bench.devices import local_cpu_model  # noqa: E402
 from edgeship.model import InputSpec, ModelSpec  # noqa: E402
 
 IMAGE = 64        # vision input side (ViT: 32)
@@ -390,7 +391,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
     formats, precisions = args.formats.split(","), args.precisions.split(",")
     import transformers
-    meta = {"date": datetime.date.today().isoformat(), "cpu": _cpu(), "cores": os.cpu_count(),
+    meta = {"date": datetime.date.today().isoformat(), "cpu": local_cpu_model() or platform.machine(), "cores": os.cpu_count(),
             "platform": f"{platform.system()} {platform.machine()}", "transformers": transformers.__version__,
             "torch": torch.__version__, "formats": formats, "precisions": precisions, "samples": args.samples}
     t0 = time.perf_counter()
@@ -420,16 +421,6 @@ def main(argv=None) -> int:
     args.md.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"wrote {args.md} ({meta['total_s'] / 60:.1f} min)")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -768,8 +768,8 @@ def main(argv=None) -> int:
         p.error(f"unknown models {unknown}; known: {', '.join(R.MODELS)}")
     from edgeship_runtime.bench import cpu_features
     cpu = cpu_features()
-    model_name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                       if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    from edgeship.bench.devices import local_cpu_model
+    model_name = local_cpu_model()
     t0 = time.perf_counter()
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python bench/fidelity.py " + " ".join(argv or sys.argv[1:]),
                "host": {"cpu": model_name, "cores": os.cpu_count(), "python": platform.python_version()},

@@ -97,7 +97,8 @@ def main() -> None:
     ap.add_argument("--results", default=str(HERE / "results.md"))
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
-    results: dict = {"host": {"machine": platform.machine(), "cpu": _cpu(), "cores": os.cpu_count(),
+    from edgeship.bench.devices import local_cpu_model
+    results: dict = {"host": {"machine": platform.machine(), "cpu": local_cpu_model(), "cores": os.cpu_count(),
                               "python": platform.python_version(), "cpu_features": _cpu_features()}, "models": {}}
     for name in a.models.split(","):
         print(f"[{name}] exporting all four formats, fp32, with verification ...", flush=True)
@@ -141,16 +142,6 @@ def _cpu_features() -> dict:
     sys.path.insert(0, str(ROOT / "runtimes"))
     from edgeship_runtime.bench import cpu_features
     return cpu_features()
-
-
-def _cpu() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def render(results: dict, threads: list[int], args: str) -> str:

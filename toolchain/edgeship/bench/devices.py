@@ -304,7 +304,7 @@ class LocalDevice:
     def info(self, *, deep: bool = False) -> DeviceInfo:
         uname = platform.uname()
         info = DeviceInfo(id=self.id, kind=self.kind, os=f"{uname.system} {uname.release}", arch=uname.machine,
-                          cpu=_local_cpu_model(), model=None)
+                          cpu=local_cpu_model(), model=None)
         pretty = _os_release_pretty(Path("/etc/os-release"))
         if pretty:
             info.os += f" ({pretty})"
@@ -393,7 +393,8 @@ def _checked(cp: subprocess.CompletedProcess, device_id: str, check: bool) -> su
     return cp
 
 
-def _local_cpu_model() -> str | None:
+def local_cpu_model() -> str | None:
+    """This machine's CPU model name (/proc/cpuinfo's "model name" or "Hardware", macOS' brand string)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith(("model name", "hardware")):
