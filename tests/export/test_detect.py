@@ -10,9 +10,7 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,20 +104,6 @@ def test_spec_errors_are_clear():
 
 # ---------------------------------------------------------------------------------------------------------------
 # MTCNN P-Net, real weights, real photos
-
-@pytest.fixture(scope="module")
-def real_models():
-    if importlib.util.find_spec("facenet_pytorch") is None:
-        if os.environ.get("CI") or os.environ.get("EDGESHIP_REQUIRE_SYSTEM_TOOLS"):
-            pytest.fail("facenet-pytorch is not installed: make setup installs it (pip install --no-deps facenet-pytorch==2.6.0)")
-        pytest.skip("facenet-pytorch is not installed (make setup installs it)")
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import real_models
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return real_models
-
 
 @pytest.fixture(scope="module")
 def photos(real_models):

@@ -6,9 +6,7 @@ ExecuTorch. ``make fidelity`` (bench/fidelity.md) runs the same check on seven r
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,20 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET_DB = 25.0     # issue #12's int8 target on real inputs; P-Net measured 29-33 dB in every runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("real-int8")]
-
-
-@pytest.fixture(scope="module")
-def real_models():
-    if importlib.util.find_spec("facenet_pytorch") is None:
-        if os.environ.get("CI") or os.environ.get("EDGESHIP_REQUIRE_SYSTEM_TOOLS"):
-            pytest.fail("facenet-pytorch is not installed: make setup installs it (pip install --no-deps facenet-pytorch==2.6.0)")
-        pytest.skip("facenet-pytorch is not installed (make setup installs it)")
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import real_models
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return real_models
 
 
 def test_pnet_int8_keeps_25_db_on_unseen_photos_in_every_runtime(real_models, tmp_path):
