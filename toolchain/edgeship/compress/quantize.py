@@ -574,7 +574,7 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
         return scores[id(gm)][1]
 
     mixed: dict[str, tuple[list[str], float, float]] = {}   # label -> (float modules, their weight share, SQNR dB)
-    graph_float: dict[int, list[str]] = {}                  # id(the graph the search returned) -> its float modules
+    returned: list[str] = []                                # the label of the layer set the search returned
     if remedies and static:
         from .smooth import smooth_pairs
         candidates.append(Candidate("cross-layer equalized", make(None, "cle"), round=len(observers)))
@@ -596,32 +596,32 @@ def quantize_pt2e(module: torch.nn.Module, example_args: Inputs, make_config: Ca
                     sets.append((keep, share))
             if not sets:
                 raise NotApplicable(f"no layer set within {MIXED_FLOAT_BUDGET:.0%} of the weights")
-            graphs: dict[int, torch.fx.GraphModule] = {}
+            built: dict[int, torch.fx.GraphModule] = {}
+            label = lambda i: f"mixed precision, {len(sets[i][0])} float"  # noqa: E731
 
             def db(i: int) -> float:
-                if i not in graphs:
-                    graphs[i] = make(None, "plain", sets[i][0])()
-                    mixed[f"mixed precision, {len(sets[i][0])} float"] = (*sets[i], round(measure(graphs[i]), 2))
-                return measure(graphs[i])
+                if i not in built:
+                    built[i] = make(None, "plain", sets[i][0])()
+                    mixed[label(i)] = (*sets[i], round(measure(built[i]), 2))
+                return measure(built[i])
 
             lo, hi = 0, len(sets) - 1
             if db(hi) >= target_db:
                 while lo < hi:
                     mid = (lo + hi) // 2
                     lo, hi = (lo, mid) if db(mid) >= target_db else (mid + 1, hi)
-            graph_float[id(graphs[hi])] = sets[hi][0]
-            return graphs[hi]
+            returned.append(label(hi))
+            return built[hi]
         candidates.append(Candidate("mixed precision", build_mixed, round=len(observers) + 1))
     choice = choose(candidates, measure, target_db=target_db)
     if "mixed precision" in choice.tried and mixed:   # list every layer set the search measured, name the one kept
         seconds = choice.seconds.pop("mixed precision", None)
-        returned = next(k for k, v in mixed.items() if v[0] in graph_float.values())
         del choice.tried["mixed precision"]
         choice.tried |= {k: v[2] for k, v in mixed.items()}
         if seconds is not None:
-            choice.seconds[returned] = seconds
+            choice.seconds[returned[-1]] = seconds
         if choice.label == "mixed precision":
-            choice.label = returned
+            choice.label = returned[-1]
     observer = choice.label.removesuffix(" observer") if choice.label.endswith(" observer") else remedy_observer()
     notes = [f"static int8: per-channel symmetric int8 weights, per-tensor int8 activations ({observer} observer)"]
     if choice.label.startswith("cross-layer"):

@@ -10,6 +10,7 @@ only 19.5-20 dB on the tiny transformer. ``dynamic-int8`` asks for the dynamic r
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -161,26 +162,26 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
                 def get_next(self):
                     return next(self.rows, None)
 
-            smoothed: dict = {}
+            @functools.cache
+            def smoothed() -> tuple[Path, list[str], str] | None:
+                """The SmoothQuant-migrated graph, pre-processed, its exclusions and its note; None if no layer
+                norm or linear layer feeds a linear layer."""
+                from ..compress.quantize import export_graph
+                from ..compress.smooth import smooth_graph, smooth_pairs
+                graph = export_graph(spec.module, spec.example_inputs(), spec.dynamic_shapes())
+                if to_onnx is None or not smooth_pairs(graph):
+                    return None
+                gm, report = smooth_graph(graph, samples)
+                m, s_scopes, _, _ = to_onnx(gm)
+                int8_kernel_forms(m)
+                path = pre_processed(m, "smoothed")
+                return path, excluded_nodes(onnx.load(str(path)), s_scopes, keep) if keep else [], report.note()
 
-            def smooth() -> tuple[Path, list[str]]:   # the SmoothQuant-migrated graph, made once, and its exclusions
+            def smooth() -> tuple[Path, list[str]]:
                 from ..compress.quantize import NotApplicable
-                if not smoothed:
-                    from ..compress.quantize import export_graph
-                    from ..compress.smooth import smooth_graph, smooth_pairs
-                    graph = export_graph(spec.module, spec.example_inputs(), spec.dynamic_shapes())
-                    if to_onnx is None or not smooth_pairs(graph):
-                        smoothed["skip"] = "no layer norm or linear layer feeds a linear layer"
-                    else:
-                        gm, report = smooth_graph(graph, samples)
-                        m, s_scopes, _, _ = to_onnx(gm)
-                        int8_kernel_forms(m)
-                        path = pre_processed(m, "smoothed")
-                        smoothed["made"] = (path, excluded_nodes(onnx.load(str(path)), s_scopes, keep) if keep else [])
-                        smoothed["note"] = report.note()
-                if "skip" in smoothed:
-                    raise NotApplicable(smoothed["skip"])
-                return smoothed["made"]
+                if smoothed() is None:
+                    raise NotApplicable("no layer norm or linear layer feeds a linear layer")
+                return smoothed()[:2]
 
             def static(method, activations, smoothed_graph: bool = False):
                 def make() -> Path:
@@ -204,7 +205,7 @@ def _quantize(onnx, model, spec: ModelSpec, precision: str, calib, out_dir: Path
             path, kept = choice.made, choice.label
             acts, method = kept.removeprefix("SmoothQuant ").split()
             if kept.startswith("SmoothQuant"):
-                notes.append(smoothed["note"])
+                notes.append(smoothed()[2])
             notes.append(f"static int8 (onnxruntime quantize_static, QDQ): per-channel "
                          f"{'7-bit (reduce_range)' if acts == 'U8S8' else '8-bit'} int8 weights, per-tensor "
                          f"{'uint8' if acts == 'U8S8' else 'int8'} activations ({method} calibration), float32 I/O")
@@ -273,7 +274,8 @@ def int8_kernel_forms(model) -> dict[str, int]:
             del node.attribute[:]
             done["ReduceMean over H, W -> GlobalAveragePool"] += 1
     used = {i for n in model.graph.node for i in n.input}
-    kept = [i for i in model.graph.initializer if i.name in used or i.name in {g.name for g in model.graph.input}]
+    used |= {g.name for g in model.graph.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     return dict(done)
