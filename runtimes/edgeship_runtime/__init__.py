@@ -6,47 +6,37 @@
     logits, = rt.run({"image": x})
 
 Pure Python on numpy plus one runtime package; it never imports torch or edgeship (it is pushed to devices alone).
-Importing this package imports no runtime: each format's class is imported when it is first asked for.
+Importing this package imports no runtime: each format's class is imported when it is first asked for. What a
+format is (suffixes, runtime class, how a device finds it) is one record in :mod:`edgeship_runtime.formats`.
 """
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Type, Union
+from typing import Any, Optional, Type, Union
 
 from .base import Runtime, RuntimeUnavailable, TensorInfo
+from .formats import FORMATS, FormatSpec, format_for_suffix, register, suffixes
 
-__all__ = ["open_runtime", "runtime_class", "format_of", "FORMATS", "SUFFIXES", "Runtime", "TensorInfo",
+__all__ = ["open_runtime", "runtime_class", "format_of", "FORMATS", "FormatSpec", "register", "Runtime", "TensorInfo",
            "RuntimeUnavailable"]
 __version__ = "0.1.0"
-
-# format key -> "module:Class", imported lazily (one registration mechanism, as in the toolchain).
-FORMATS: Dict[str, str] = {
-    "onnx": "edgeship_runtime.onnx:OnnxRuntime",
-    "tflite": "edgeship_runtime.tflite:LiteRtRuntime",
-    "executorch": "edgeship_runtime.executorch:ExecuTorchRuntime",
-    "coreml": "edgeship_runtime.coreml:CoreMLRuntime",
-    "torchscript": "edgeship_runtime.torchscript:TorchScriptRuntime",   # legacy PyTorch Mobile; imports torch
-}
-
-SUFFIXES: Dict[str, str] = {".onnx": "onnx", ".tflite": "tflite", ".pte": "executorch",
-                            ".mlpackage": "coreml", ".mlmodel": "coreml", ".ptl": "torchscript"}
 
 
 def format_of(path: Union[str, Path]) -> str:
     """The format key of a model file, by its suffix (a .mlpackage is a directory)."""
-    suffix = Path(path).suffix.lower()
-    try:
-        return SUFFIXES[suffix]
-    except KeyError:
+    fmt = format_for_suffix(Path(path).suffix)
+    if fmt is None:
         raise ValueError(f"cannot tell the format of {str(path)!r}: known suffixes are "
-                         f"{', '.join(SUFFIXES)}") from None
+                         f"{', '.join(suffixes())}") from None
+    return fmt
 
 
 def runtime_class(fmt: str) -> Type[Runtime]:
-    """The Runtime class for a format key ("onnx", "tflite", "executorch", "coreml", "torchscript")."""
+    """The Runtime class for a format key ("onnx", "tflite", "executorch", "coreml", "torchscript", or one added
+    with :func:`register`)."""
     try:
-        target = FORMATS[fmt]
+        target = FORMATS[fmt].runtime
     except KeyError:
         raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}") from None
     module, _, cls = target.partition(":")

@@ -21,9 +21,9 @@ def test_format_of_by_suffix(tmp_path):
 
 def test_registry_is_lazy_and_complete():
     assert set(FORMATS) == {"onnx", "tflite", "executorch", "coreml", "torchscript"}
-    for key, target in FORMATS.items():
+    for key, spec in FORMATS.items():
         cls = runtime_class(key)
-        assert f"{cls.__module__}:{cls.__name__}" == target
+        assert f"{cls.__module__}:{cls.__name__}" == spec.runtime
         assert cls.name == {"onnx": "onnxruntime", "tflite": "litert", "torchscript": "pytorch-mobile"}.get(key, key)
     with pytest.raises(ValueError, match="known formats: onnx, tflite, executorch, coreml"):
         runtime_class("tensorrt")
