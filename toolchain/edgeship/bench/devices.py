@@ -48,6 +48,7 @@ from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 from urllib.parse import parse_qs, urlsplit
 
 from edgeship.errors import EdgeshipError
+from edgeship_runtime.formats import FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +63,34 @@ _ADB_LOST = re.compile(r"^(?:adb: )?error: .*(?:device|offline|closed|unauthoriz
 _CONNECT_TIMEOUT_S = 10.0
 _HOUSEKEEPING_TIMEOUT_S = 30.0
 
-# Run on the device's python: which runtimes import, and their versions. Each check runs in its own
-# interpreter (a broken wheel may crash), all at once. executorch's Python runtime imports torch and exir
-# (~20 s on 2 slow cores), so by default it is only located (its compiled _C module and torch must be
-# found); ``deep`` (argv[1]) imports it too. PyTorch Mobile (.ptl) runs in torch itself: located the same way.
-# Python >= 3.7.
-PROBE_PY = r'''
+# Run on the device's python: which runtimes import, and their versions. argv[1] is a JSON list of records, one
+# per format of the registry (edgeship_runtime.formats.FORMATS; see probe_records): {"format", "platforms",
+# "probes": [[module, dist, how, deep], ...]}; argv[2] == "deep" imports what is otherwise only located. Each check
+# runs in its own interpreter (a broken wheel may crash), all at once; a format's first probe that succeeds wins.
+# A format whose ``platforms`` exclude this sys.platform is not probed. Python >= 3.7, no edgeship needed.
+PROBE_PY = r"""
 import json, platform, subprocess, sys
 C = ("import importlib,importlib.util as u,sys\nn,d,h=sys.argv[1:4]\n"
      "if h=='import': importlib.import_module(n)\n"
      "elif not all(u.find_spec(x) for x in n.split('+')): raise ImportError('No module named ' + n)\n"
      "v=None\ntry:\n import importlib.metadata as m\n v=m.version(d)\nexcept Exception:\n"
      " v=getattr(sys.modules.get(n.split('.')[0]),'__version__',None)\nprint(v or '')")
-deep = sys.argv[1:2] == ["deep"]
-R = [("onnx", "onnxruntime", "onnxruntime", "import"),
-     ("tflite", "ai_edge_litert.interpreter", "ai-edge-litert", "import"),
-     ("tflite", "tflite_runtime.interpreter", "tflite-runtime", "import"),
-     ("executorch", "executorch.runtime" if deep else "executorch.extension.pybindings._C+torch", "executorch",
-      "import" if deep else "find"),
-     ("torchscript", "torch.jit.mobile" if deep else "torch", "torch", "import" if deep else "find")]
-if sys.platform == "darwin":
-    R.append(("coreml", "coremltools", "coremltools", "import"))
+SPECS = json.loads(sys.argv[1])
+deep = sys.argv[2:3] == ["deep"]
+OS = {"darwin": "macOS", "linux": "Linux", "win32": "Windows"}
+rt, mods, why, R = {}, {}, {}, []
+for s in SPECS:
+    f, plats = s["format"], s.get("platforms")
+    if plats is not None and sys.platform not in plats:
+        rt[f] = None; why[f] = f + " runs only on " + " or ".join(OS.get(x, x) for x in plats); continue
+    if not s.get("probes"):
+        rt[f] = None; why[f] = "no runtime probe is registered for " + f; continue
+    for n, d, h, dp in s["probes"]:
+        if deep and dp:
+            n, h = dp, "import"
+        R.append((f, n, d or "", h))
 P = [(f, n, subprocess.Popen([sys.executable, "-c", C, n, d, h], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
      for f, n, d, h in R]
-rt, mods, why = {}, {}, {}
 for f, n, p in P:
     try:
         o, e = p.communicate(timeout=180)
@@ -99,12 +104,22 @@ for f, n, p in P:
         last = (e.decode(errors="replace").strip().splitlines() or ["exit status %s" % p.returncode])[-1]
         why[f] = (why[f] + "; " if f in why else "") + n + ": " + last
         rt[f] = None
-if sys.platform != "darwin":
-    rt["coreml"] = None; why["coreml"] = "Core ML runs only on macOS"
+rt = {s["format"]: rt.get(s["format"]) for s in SPECS}
 print("PYPROBE=" + json.dumps({"python": sys.executable, "python_version": platform.python_version(),
       "system": platform.system(), "release": platform.release(), "machine": platform.machine(),
       "runtimes": rt, "modules": mods, "missing": why}))
-'''
+"""
+
+
+def probe_records() -> list[dict[str, Any]]:
+    """The device probe's argument: what to import for each format of the registry, as JSON-able records."""
+    return [{"format": f.key, "platforms": list(f.platforms) if f.platforms is not None else None,
+             "probes": [[p.module, p.dist, p.how, p.deep] for p in f.probes]} for f in FORMATS.values()]
+
+
+def probe_argv(deep: bool = False) -> list[str]:
+    """The arguments after ``python -c PROBE_PY``."""
+    return [json.dumps(probe_records(), separators=(",", ":"))] + (["deep"] if deep else [])
 
 
 @dataclass
@@ -278,7 +293,7 @@ def _parse_probe(stdout: str) -> dict[str, Any] | None:
 
 def _apply_probe(info: DeviceInfo, probe: dict[str, Any] | None, python: str | None, why_not: str) -> None:
     if probe is None:
-        info.runtimes = {f: None for f in ("onnx", "tflite", "executorch", "coreml", "torchscript")}
+        info.runtimes = {f: None for f in FORMATS}
         info.missing = {f: why_not for f in info.runtimes}
         return
     info.python = probe.get("python") or python
@@ -309,7 +324,7 @@ class LocalDevice:
         if pretty:
             info.os += f" ({pretty})"
         try:
-            cp = subprocess.run([self.python, "-c", PROBE_PY] + (["deep"] if deep else []), capture_output=True,
+            cp = subprocess.run([self.python, "-c", PROBE_PY, *probe_argv(deep)], capture_output=True,
                                 timeout=300)
             probe, why = _parse_probe(_decode(cp.stdout)), f"python probe failed: {_tail(cp.stderr, 200)}"
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -542,7 +557,8 @@ class _RemoteShellDevice:
     def _probe_script(self, extra: str, deep: bool) -> str:
         py = shlex.quote(self._remote_python())
         return (f"{extra}; if command -v {py} >/dev/null 2>&1; then echo python_path=$(command -v {py}); "
-                f"{py} -c {shlex.quote(PROBE_PY)}{' deep' if deep else ''} 2>&1; else echo python_path=; fi")
+                f"{py} -c {shlex.quote(PROBE_PY)} {' '.join(map(shlex.quote, probe_argv(deep)))} 2>&1; "
+                f"else echo python_path=; fi")
 
 
 # ------------------------------------------------------------------------------------------------ ssh

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import edgeship_runtime
+from edgeship_runtime import formats
 
 from .. import manifest as manifest_mod
 from .. import report as report_mod
@@ -215,6 +216,12 @@ def _runner_argv(device, d: str, art: dict, opts: BenchOptions, threads: int | N
     return argv
 
 
+def runner_env(d: str) -> dict[str, str]:
+    """The environment of a python runner started in the device folder ``d``: the pushed edgeship_runtime on its path,
+    and the formats registered in this process (``edgeship_runtime.formats.register``) so the runner knows them."""
+    return {**formats.exported_env(), "PYTHONPATH": d}
+
+
 def _energy_source(device, opts: BenchOptions):
     if opts.energy == "off":
         return None
@@ -250,7 +257,7 @@ def _python_job(device, d: str, art: dict, opts: BenchOptions, threads: int | No
                 point: dict | None = None) -> Callable[[], dict]:
     def job() -> dict:
         cp = device.run(_runner_argv(device, d, art, opts, threads, point), timeout_s=opts.timeout_s, cwd=d,
-                        env={"PYTHONPATH": d})
+                        env=runner_env(d))
         try:
             return parse_runner_output(cp.stdout)
         except ValueError:
