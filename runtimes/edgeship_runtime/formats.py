@@ -5,10 +5,13 @@ class here; on the host, the exporter registry (``edgeship.export.EXPORTERS``, s
 the device probe, manifest.json's tool versions and its schema, the app targets of ``edgeship package``, the
 native benchmark tools, the profiler and the default ``--formats``. A test fails where a table disagrees.
 
-A new format is one exporter file, one runtime file and one :func:`register` call::
+A new format is one exporter file, one runtime file and one registration (on the host, with its exporter;
+tests/test_formats.py does it for a toy ``.npz`` format)::
 
-    register(FormatSpec(key="npz", suffixes=(".npz",), runtime="mypkg.npz_runtime:NpzRuntime",
-                        probes=(Probe("numpy"),), runtime_pip=("numpy",)))
+    from edgeship.export import register_format
+    register_format(FormatSpec(key="npz", suffixes=(".npz",), runtime="mypkg.npz_runtime:NpzRuntime",
+                               probes=(Probe("numpy", "numpy"),), runtime_pip=("numpy",), apps={"pi": 3}),
+                    "mypkg.npz_export:NpzExporter")
 
 A format registered in a host process reaches the runners it starts (a device's ``python -m edgeship_runtime.bench``)
 through the environment variable :data:`ENV_VAR` (a JSON list of records; see :func:`exported_env`); its runtime
@@ -20,11 +23,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 __all__ = ["FormatSpec", "Probe", "FORMATS", "ENV_VAR", "register", "unregister", "format_for_suffix",
-           "default_formats", "exported_env"]
+           "default_formats", "app_formats", "native_tools", "profilable", "KeyView", "exported_env"]
 
 ENV_VAR = "EDGESHIP_FORMATS"
 
@@ -157,6 +161,54 @@ def suffixes() -> List[str]:
 
 def default_formats() -> Tuple[str, ...]:
     return tuple(f.key for f in FORMATS.values() if f.default)
+
+
+def app_formats(app: str) -> Tuple[str, ...]:
+    """The formats the app target ``app`` ("android", "ios", "pi") runs, best first (by ``apps`` rank)."""
+    ranked = sorted((f.apps[app], i, f.key) for i, f in enumerate(FORMATS.values()) if app in f.apps)
+    return tuple(key for _, _, key in ranked)
+
+
+def native_tools() -> Dict[str, str]:
+    """{format: the file name of its native benchmark binary} for the formats that have one."""
+    return {f.key: f.native_tool for f in FORMATS.values() if f.native_tool}
+
+
+def profilable() -> Tuple[str, ...]:
+    """The formats ``edgeship profile`` breaks down per op."""
+    return tuple(f.key for f in FORMATS.values() if f.profilable)
+
+
+class KeyView(Sequence):
+    """A read-only tuple of format keys computed from :data:`FORMATS` at each use, for module-level names that
+    other modules import (``DEFAULT_FORMATS``, ``PROFILABLE``): a format registered later counts. Compares equal
+    to the tuple or list of the same keys."""
+
+    def __init__(self, compute: Callable[[], Tuple[str, ...]]):
+        self._compute = compute
+
+    def __getitem__(self, i):
+        return tuple(self._compute())[i]
+
+    def __len__(self) -> int:
+        return len(tuple(self._compute()))
+
+    def __iter__(self):
+        return iter(tuple(self._compute()))
+
+    def __contains__(self, key) -> bool:
+        return key in tuple(self._compute())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (list, tuple, KeyView)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
 
 
 def exported_env() -> Dict[str, str]:

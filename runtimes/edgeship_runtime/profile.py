@@ -39,7 +39,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -210,7 +210,8 @@ def parse_ort_trace(events: List[dict], runs: int) -> Tuple[List[Dict[str, Any]]
     return out, total, n
 
 
-def _profile_onnx(model: Path, prepared_feeds: Any, runs: int, warmup: int, threads: Optional[int]) -> Dict[str, Any]:
+def _profile_onnx(model: Path, prepared_feeds: Any, runs: int, warmup: int, threads: Optional[int],
+                  **_: Any) -> Dict[str, Any]:
     from .onnx import OnnxRuntime
     tmp = tempfile.mkdtemp(prefix="edgeship-ortprof-")
     try:
@@ -262,7 +263,7 @@ def _pte_plan(model: Path) -> Dict[int, Dict[str, Any]]:
 
 
 def _profile_executorch(model: Path, prepared_feeds: Any, runs: int, warmup: int, threads: Optional[int],
-                        etrecord: Optional[Path] = None) -> Dict[str, Any]:
+                        etrecord: Optional[Path] = None, **_: Any) -> Dict[str, Any]:
     from .executorch import ExecuTorchRuntime
     rt = ExecuTorchRuntime(model, threads=threads, etdump=True)
     try:
@@ -534,7 +535,7 @@ def litert_rows(details: Optional[List[dict]], bm: Optional[Dict[str, Any]] = No
 
 
 def _profile_tflite(model: Path, prepared_feeds: Any, runs: int, warmup: int, threads: Optional[int],
-                    benchmark_model: Optional[str] = None) -> Dict[str, Any]:
+                    benchmark_model: Optional[str] = None, **_: Any) -> Dict[str, Any]:
     from .tflite import LiteRtRuntime
     rt = LiteRtRuntime(model, threads=threads)
     prepared = rt.prepare(prepared_feeds(rt))
@@ -570,6 +571,11 @@ def run_benchmark_model(binary: str, model: Path, runs: int, warmup: int, thread
 
 # ------------------------------------------------------------------------------------------------ entry
 
+# format -> its profiler: (model, feeds_for, runs, warmup, threads, *, etrecord, benchmark_model) -> partial result.
+# The formats marked "profilable" in edgeship_runtime.formats (a test keeps the two equal).
+PROFILERS: Dict[str, Callable[..., Dict[str, Any]]] = {
+    "onnx": _profile_onnx, "tflite": _profile_tflite, "executorch": _profile_executorch}
+
 def profile(model: Path, *, runs: int = 20, warmup: int = 3, threads: Optional[int] = None,
             manifest: Optional[Path] = None, inputs: Optional[Path] = None, seed: int = 0,
             etrecord: Optional[Path] = None, benchmark_model: Optional[str] = None) -> Dict[str, Any]:
@@ -594,14 +600,9 @@ def profile(model: Path, *, runs: int = 20, warmup: int = 3, threads: Optional[i
                 return {k: z[k] for k in z.files}
         return random_inputs(_input_specs(rt, manifest), seed)
 
-    if fmt == "onnx":
-        out = _profile_onnx(model, feeds_for, runs, warmup, threads)
-    elif fmt == "executorch":
-        out = _profile_executorch(model, feeds_for, runs, warmup, threads, etrecord)
-    elif fmt == "tflite":
-        out = _profile_tflite(model, feeds_for, runs, warmup, threads, benchmark_model)
-    else:
+    if fmt not in PROFILERS:
         raise ValueError(f"no profiler for format {fmt!r}")
+    out = PROFILERS[fmt](model, feeds_for, runs, warmup, threads, etrecord=etrecord, benchmark_model=benchmark_model)
     rt, prepared = out.pop("rt"), out.pop("prepared")
     if out.get("total_ms") is None:
         out["total_ms"] = out["wall_ms"]

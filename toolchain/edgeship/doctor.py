@@ -4,15 +4,13 @@ from __future__ import annotations
 import importlib
 import platform
 import re
+import sys
 from importlib import metadata
+
+from edgeship_runtime.formats import FORMATS
 
 from .errors import clip
 from .export import EXPORTERS, available
-
-RUNTIME_PACKAGES = {"onnx": ["onnxruntime"], "tflite": ["ai-edge-litert", "tflite-runtime"],
-                    "executorch": ["executorch"], "coreml": ["coremltools"], "torchscript": ["torch"]}
-CONVERTER_PACKAGES = {"onnx": ["onnx", "onnxscript", "onnxslim"], "tflite": ["litert-torch", "ai-edge-quantizer"],
-                      "executorch": ["executorch", "torchao"], "coreml": ["coremltools"], "torchscript": ["torch"]}
 
 
 def _version(pkg: str) -> str | None:
@@ -23,15 +21,21 @@ def _version(pkg: str) -> str | None:
 
 
 def runtime_available(fmt: str) -> tuple[bool, str | None]:
-    """Whether artifacts of ``fmt`` can run (predict) on this host, and if not, why."""
+    """Whether artifacts of ``fmt`` can run (predict) on this host, and if not, why (the format's runtime package,
+    then its ``platforms`` in the format registry)."""
     from edgeship_runtime import RuntimeUnavailable, runtime_class
 
+    cls = runtime_class(fmt)
     try:
-        runtime_class(fmt).import_backend()
+        cls.import_backend()
     except RuntimeUnavailable as e:
         return False, str(e)
-    if fmt == "coreml" and platform.system() != "Darwin":
-        return False, "Core ML prediction needs macOS (here the package is inspected: names, shapes, dtypes)"
+    if not FORMATS[fmt].runs_on(sys.platform):
+        try:
+            cls.check_platform()          # the runtime's own words, where it has them
+        except RuntimeUnavailable as e:
+            return False, e.message
+        return False, f"{fmt} runs only on {', '.join(FORMATS[fmt].platforms or ())} (this is {sys.platform})"
     return True, None
 
 
@@ -73,7 +77,8 @@ def diagnose() -> dict:
     for fmt in EXPORTERS:
         ok, reason = available(fmt)
         run_ok, run_reason = runtime_available(fmt)
-        pkgs = dict.fromkeys(CONVERTER_PACKAGES[fmt] + RUNTIME_PACKAGES[fmt])
+        spec = FORMATS[fmt]
+        pkgs = dict.fromkeys(spec.converter_pip + spec.runtime_pip)
         versions = ", ".join(f"{p} {_version(p)}" for p in pkgs if _version(p))
         rows.append({"format": fmt, "export": ok, "export_reason": reason, "run": run_ok, "run_reason": run_reason,
                      "versions": versions or "—"})

@@ -9,19 +9,30 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from edgeship_runtime.formats import FORMATS
+
 from ._io import inside, sha256_path, write_json_atomic
 from .errors import EdgeshipError
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
-TOOL_PACKAGES = ("edgeship", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "onnxslim", "litert-torch",
-                 "ai-edge-litert", "ai-edge-quantizer", "executorch", "torchao", "coremltools", "torch-pruning")
+BASE_PACKAGES = ("edgeship", "torch", "numpy")     # then every format's converter and runtime packages
+STAGE_PACKAGES = ("torch-pruning",)
+
+
+def tool_packages() -> tuple[str, ...]:
+    """The packages whose versions manifest.json and report.json record: edgeship, torch, numpy, each registered
+    format's converter and runtime packages (edgeship_runtime.formats), and those of the compression stages."""
+    pkgs = list(BASE_PACKAGES)
+    for spec in FORMATS.values():
+        pkgs += spec.converter_pip + spec.runtime_pip
+    return tuple(dict.fromkeys(pkgs + list(STAGE_PACKAGES)))
 
 
 def tool_versions() -> dict[str, str | None]:
     """Versions of every tool that can take part in making an artifact (None: not installed)."""
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for p in TOOL_PACKAGES:
+    for p in tool_packages():
         try:
             out[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
@@ -30,8 +41,17 @@ def tool_versions() -> dict[str, str | None]:
 
 
 @lru_cache(maxsize=1)
+def _schema_text() -> str:
+    return SCHEMA_PATH.read_text()
+
+
 def schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text())
+    """The manifest schema, with the artifact format enum read from the format registry: the file lists the
+    built-in formats (a test keeps them equal), a format registered in this process is added here."""
+    s = json.loads(_schema_text())
+    enum = s["$defs"]["artifact"]["properties"]["format"]["enum"]
+    enum += [k for k in FORMATS if k not in enum]
+    return s
 
 
 def validate(manifest: dict, where: str = "manifest.json") -> None:

@@ -9,7 +9,7 @@ Only artifacts that report.json shows passing parity in their runtime are packag
 Every path is checked on resolved real paths (``_io.inside``): a symbolic link in the export folder, in the
 destination or in a packaging record never leads package to read, write or delete anything outside them.
 
-Targets (``APPS``):
+Targets (``APPS``; which formats each runs, best first, is ``apps`` in edgeship_runtime.formats):
   android  android-demo/app/src/main/assets/model/   .tflite .pte .onnx   (the app reads assets/model/manifest.json)
   ios      ios-demo/EdgeshipDemo/Model/               .mlpackage            (Xcode compiles it at build time)
   pi       <dest>/ + <dest>.tar.gz                    .onnx .tflite .pte + edgeship_runtime + raspberrypi/ scripts
@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
+from edgeship_runtime import formats as format_registry
+
 from . import manifest as manifest_mod
 from . import report as report_mod
 from ._io import inside, sha256_path, write_json_atomic
@@ -46,20 +48,23 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @dataclass(frozen=True)
 class AppTarget:
     name: str
-    formats: tuple[str, ...]          # artifact formats the app can run, in the order it prefers them
     default_root: str                 # folder of the demo inside the repository
     model_dir: str | None             # where the model goes inside the app (None: dest is a standalone bundle)
     flatten: bool                     # put artifacts at the top of the model folder (iOS bundles flatten resources)
     what: str
 
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """Artifact formats the app can run, in the order it prefers them: the format registry's ``apps`` ranks
+        (edgeship_runtime.formats), read at each use so a registered format counts."""
+        return format_registry.app_formats(self.name)
+
 
 APPS: dict[str, AppTarget] = {
-    "android": AppTarget("android", ("tflite", "executorch", "onnx"), "android-demo", "app/src/main/assets/model",
-                         flatten=False, what="the Android demo (android-demo)"),
-    "ios": AppTarget("ios", ("coreml",), "ios-demo", "EdgeshipDemo/Model", flatten=True,
-                     what="the iOS demo (ios-demo)"),
-    "pi": AppTarget("pi", ("tflite", "onnx", "executorch"), "raspberrypi", None, flatten=False,
-                    what="the Raspberry Pi bundle"),
+    "android": AppTarget("android", "android-demo", "app/src/main/assets/model", flatten=False,
+                         what="the Android demo (android-demo)"),
+    "ios": AppTarget("ios", "ios-demo", "EdgeshipDemo/Model", flatten=True, what="the iOS demo (ios-demo)"),
+    "pi": AppTarget("pi", "raspberrypi", None, flatten=False, what="the Raspberry Pi bundle"),
 }
 
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from edgeship_runtime import formats as format_registry
+
 from edgeship.errors import EdgeshipError
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,7 @@ def _tflite_stat(line: str) -> dict[str, float]:
     return stat
 
 
-def parse_benchmark_model(text: str) -> dict[str, Any]:
+def parse_benchmark_model(text: str, *, warmup: int = 0) -> dict[str, Any]:
     """LiteRT's ``benchmark_model`` output -> the runner's result dict.
 
     Read (tflite/tools/benchmark/benchmark_model.cc, every line prefixed ``INFO: ``): ``Num threads: [N]`` and
@@ -118,7 +120,8 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
     ``Memory footprint delta from the start of the tool (MB): init=X overall=Y`` and, with
     ``--report_peak_memory_footprint=true``, ``Overall peak memory footprint (MB) via periodic monitoring: Z``.
     The tool prints p5/median/p95, not p90/p99 (those stay None; p5 and p95 are added to latency_ms), and its std is
-    the population standard deviation truncated to whole microseconds.
+    the population standard deviation truncated to whole microseconds. ``warmup`` is not needed: the tool reports
+    its warm-up block apart.
     """
     out = _result("benchmark_model", "litert", "tflite")
     lines = [re.sub(r"^(?:INFO|WARN|WARNING): ", "", ln.strip()) for ln in text.splitlines()]
@@ -185,14 +188,14 @@ def benchmark_model_argv(tool: str, model: str, *, runs: int, warmup: int, threa
 
 # ------------------------------------------------------------------------------------------ onnxruntime_perf_test
 
-def parse_onnxruntime_perf_test(text: str) -> dict[str, Any]:
+def parse_onnxruntime_perf_test(text: str, *, warmup: int = 0) -> dict[str, Any]:
     """onnxruntime's ``onnxruntime_perf_test`` output -> the runner's result dict.
 
     Read (onnxruntime/test/perftest/performance_runner.cc): ``Session creation time cost: X s``, ``First inference
     time cost: N ms`` (whole ms), ``Total inference requests: N``, ``Average inference time cost: X ms``,
     ``Peak working set size: N bytes`` (ru_maxrss on Linux/Android) and, with ``-s`` or without a result file,
     ``Min/Max/P50/P90/P95/P99/P999 Latency: X s``. It prints no standard deviation (std and cv stay None), no thread
-    count, and does exactly one untimed run before the timed ones (no other warm-up).
+    count, and does exactly one untimed run before the timed ones (no other warm-up; ``warmup`` is not needed).
     """
     out = _result("onnxruntime_perf_test", "onnxruntime", "onnx")
 
@@ -229,10 +232,11 @@ def parse_onnxruntime_perf_test(text: str) -> dict[str, Any]:
 
 
 def onnxruntime_perf_test_argv(tool: str, model: str, *, runs: int, warmup: int = 0,
-                               threads: int | None = None) -> list[str]:
+                               threads: int | None = None, max_secs: float | None = None) -> list[str]:
     """``-m times -r N`` (fixed count), ``-e cpu``, ``-I`` (generate the inputs: free dimensions become 1), ``-s``
     (print the percentiles), ``-x T`` (intra-op threads; 0 or absent lets onnxruntime choose); the model path last.
-    ``warmup`` is not passed: the tool has no such option (it always does one untimed first run)."""
+    ``warmup`` is not passed: the tool has no such option (it always does one untimed first run); nor ``max_secs``
+    (in ``-m times`` it has no time limit: the device run's timeout stops it)."""
     argv = [tool, "-m", "times", "-r", str(runs), "-e", "cpu", "-I", "-s"]
     if threads:
         argv += ["-x", str(threads)]
@@ -298,10 +302,12 @@ def parse_executor_runner(text: str, *, warmup: int = 0) -> dict[str, Any]:
     return out
 
 
-def executor_runner_argv(tool: str, model: str, *, runs: int, warmup: int, threads: int | None = None) -> list[str]:
+def executor_runner_argv(tool: str, model: str, *, runs: int, warmup: int, threads: int | None = None,
+                         max_secs: float | None = None) -> list[str]:
     """gflags ``--name=value``: ``--model_path``, ``--num_executions`` (first run + warm-up + timed runs: the tool
     has no warm-up option, the parser drops the leading iterations), ``--cpu_threads`` (builds with a threadpool;
-    -1, its default, picks the number of performant cores)."""
+    -1, its default, picks the number of performant cores). ``max_secs`` is not passed: the tool has no time
+    limit (the device run's timeout stops it)."""
     argv = [tool, f"--model_path={model}", f"--num_executions={1 + warmup + runs}"]
     if threads:
         argv.append(f"--cpu_threads={threads}")
@@ -313,6 +319,10 @@ def executor_runner_argv(tool: str, model: str, *, runs: int, warmup: int, threa
 
 @dataclass(frozen=True)
 class NativeTool:
+    """How edgeship drives one native benchmark tool. Every ``argv`` takes (tool, model, *, runs, warmup, threads,
+    max_secs) and every ``parse`` (text, *, warmup); ``binary`` is the format's ``native_tool`` in the format
+    registry (edgeship_runtime.formats; a test keeps them equal)."""
+
     format: str
     binary: str                                          # the usual file name
     runtime: str
@@ -376,10 +386,7 @@ def run_tool(device: Any, fmt: str, exe: str, model: str, *, runs: int, warmup: 
              affinity: str | None = None) -> dict[str, Any]:
     """Run a pushed native tool on ``device`` and parse its output; EdgeshipError when it fails."""
     tool = TOOLS[fmt]
-    if fmt == "tflite":
-        argv = benchmark_model_argv(exe, model, runs=runs, warmup=warmup, threads=threads, max_secs=timeout_s)
-    else:
-        argv = tool.argv(exe, model, runs=runs, warmup=warmup, threads=threads)
+    argv = tool.argv(exe, model, runs=runs, warmup=warmup, threads=threads, max_secs=timeout_s)
     if affinity:
         argv = ["taskset", "-c", affinity, *argv]
     cp = device.run(argv, timeout_s=timeout_s, cwd=cwd, env=dict(env or {}))
@@ -389,7 +396,7 @@ def run_tool(device: Any, fmt: str, exe: str, model: str, *, runs: int, warmup: 
                             f"{text.strip()[-800:] or 'no output'}",
                             hint=f"is it built for this device's ABI? try it by hand: {' '.join(map(shlex.quote, argv))}")
     try:
-        out = tool.parse(text, warmup=warmup) if fmt == "executorch" else tool.parse(text)
+        out = tool.parse(text, warmup=warmup)
     except ValueError as e:
         raise EdgeshipError(f"cannot read {tool.binary}'s output on {device.id}: {e}") from None
     out["model"] = out.get("model") or model
@@ -402,7 +409,8 @@ def run_tool(device: Any, fmt: str, exe: str, model: str, *, runs: int, warmup: 
 APP_PACKAGE = "dev.edgeship.demo"                        # android-demo/app/build.gradle.kts applicationId
 APP_COMPONENT = f"{APP_PACKAGE}/.BenchmarkActivity"      # AndroidManifest.xml, exported
 APP_RESULT_DIR = "files/bench"                           # relative to the app's data folder (run-as's cwd)
-APP_FORMATS = ("tflite", "executorch", "onnx")           # the runtimes the app links (Runners.kt)
+# the runtimes the app links (Runners.kt), best first: apps["android"] in the format registry
+APP_FORMATS = format_registry.KeyView(lambda: format_registry.app_formats("android"))
 
 
 def app_start_argv(model: str, *, runs: int, warmup: int, threads: int | None, out: str) -> list[str]:

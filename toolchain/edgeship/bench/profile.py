@@ -26,7 +26,7 @@ from ..errors import EdgeshipError
 from .harness import RUNNER_DIR, parse_runner_output
 
 log = logging.getLogger(__name__)
-PROFILABLE = ("onnx", "tflite", "executorch")
+PROFILABLE = edgeship_runtime.formats.KeyView(edgeship_runtime.formats.profilable)   # "profilable" in the registry
 
 
 def _manifest_for(path: Path) -> Path | None:
@@ -83,7 +83,8 @@ def profile_artifact(path: Path, device: Any, runs: int = 20, warmup: int = 3, t
         raise EdgeshipError(str(e), hint="profile takes one model file: .onnx, .tflite or .pte") from None
     if fmt not in PROFILABLE:
         raise EdgeshipError(f"no per-op profiler for {fmt} here",
-                            hint="profile Core ML models on a Mac with Xcode's Core ML performance report")
+                            hint="profile Core ML models on a Mac with Xcode's Core ML performance report"
+                            if fmt == "coreml" else f"edgeship profile takes {', '.join(PROFILABLE)} files")
     if isinstance(device, str):
         from .devices import parse_device
         device = parse_device(device)

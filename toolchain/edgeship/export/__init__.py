@@ -1,22 +1,68 @@
-"""Exporter registry: format key -> "module:Class", imported lazily so one format never imports another's converter."""
+"""Exporter registry: format key -> "module:Class" (or the class), imported lazily so one format never imports
+another's converter. The keys are those of the format registry, :data:`edgeship_runtime.formats.FORMATS`, which
+says everything else about a format (suffixes, runtime, pip packages, apps, native tool, default or not).
+
+A new format is one exporter, one runtime and one registration, from outside this package too::
+
+    from edgeship.export import register_format
+    register_format(FormatSpec("npz", (".npz",), "mypkg.npz_runtime:NpzRuntime", ...), "mypkg.npz_export:NpzExporter")
+"""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
+from edgeship_runtime import formats as _formats
+
 from ..errors import EdgeshipError
 from ..model import ModelSpec
 
-EXPORTERS: dict[str, str] = {
+EXPORTERS: dict[str, str | type] = {
     "onnx": "edgeship.export.onnx:OnnxExporter",
     "tflite": "edgeship.export.tflite:TFLiteExporter",
     "executorch": "edgeship.export.executorch:ExecuTorchExporter",
     "coreml": "edgeship.export.coreml:CoreMLExporter",
     "torchscript": "edgeship.export.torchscript:TorchScriptExporter",   # legacy PyTorch Mobile (.ptl): opt-in only
 }
-DEFAULT_FORMATS = ("onnx", "tflite", "executorch", "coreml")
+
+
+def default_formats() -> list[str]:
+    """The formats ``--formats`` means when not given: the registry's ``default`` ones that have an exporter."""
+    return [k for k in _formats.default_formats() if k in EXPORTERS]
+
+
+DEFAULT_FORMATS: Sequence[str] = _formats.KeyView(default_formats)   # read at each use
+
+
+def register_exporter(key: str, exporter: str | type, replace: bool = False) -> None:
+    """Add the exporter of a format already in :data:`edgeship_runtime.formats.FORMATS` (same key): a
+    "module:Class" string, imported when first used, or the class itself."""
+    if key not in _formats.FORMATS:
+        raise ValueError(f"format {key!r} is not in the format registry: register its FormatSpec first "
+                         "(edgeship_runtime.formats.register, or edgeship.export.register_format for both)")
+    if key in EXPORTERS and not replace:
+        raise ValueError(f"format {key!r} already has an exporter (pass replace=True to replace it)")
+    if not (isinstance(exporter, type) or (isinstance(exporter, str) and exporter.count(":") == 1)):
+        raise ValueError(f"an exporter is 'module:Class' or a class, not {exporter!r}")
+    EXPORTERS[key] = exporter
+
+
+def register_format(spec: _formats.FormatSpec, exporter: str | type, replace: bool = False) -> _formats.FormatSpec:
+    """Register a format in one call: its :class:`~edgeship_runtime.formats.FormatSpec` and its exporter."""
+    if spec.key in EXPORTERS and not replace:
+        raise ValueError(f"format {spec.key!r} already has an exporter (pass replace=True to replace it)")
+    _formats.register(spec, replace=replace)
+    register_exporter(spec.key, exporter, replace=True)
+    return spec
+
+
+def unregister_format(key: str) -> None:
+    """Remove a format added with :func:`register_format` (both records; built-in formats stay)."""
+    _formats.unregister(key)
+    EXPORTERS.pop(key, None)
 
 
 @dataclass
@@ -61,7 +107,7 @@ def effective_precisions(fmt: str, requested) -> list[str]:
 
 def parse_formats(text: str | None) -> list[str]:
     if not text:
-        return list(DEFAULT_FORMATS)
+        return default_formats()
     formats = [f.strip().lower() for f in text.split(",") if f.strip()]
     unknown = [f for f in formats if f not in EXPORTERS]
     if unknown or not formats:
@@ -69,17 +115,24 @@ def parse_formats(text: str | None) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-def get_exporter(fmt: str) -> Exporter:
+def exporter_class(fmt: str) -> type:
+    """The exporter class of ``fmt`` (its module imported now)."""
     if fmt not in EXPORTERS:
         raise EdgeshipError(f"unknown format {fmt!r}", hint=f"known formats: {', '.join(EXPORTERS)}")
-    mod, cls = EXPORTERS[fmt].split(":")
-    return getattr(importlib.import_module(mod), cls)()
+    target = EXPORTERS[fmt]
+    if isinstance(target, type):
+        return target
+    mod, cls = target.split(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+def get_exporter(fmt: str) -> Exporter:
+    return exporter_class(fmt)()
 
 
 def available(fmt: str) -> tuple[bool, str | None]:
     """Whether the converter for ``fmt`` can be imported here, and if not, why."""
-    mod, cls = EXPORTERS[fmt].split(":")
-    klass = getattr(importlib.import_module(mod), cls)
+    klass = exporter_class(fmt)
     try:
         importlib.import_module(klass.module)
         return True, None
