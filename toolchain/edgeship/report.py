@@ -1,4 +1,7 @@
-"""report.json (what we measured) and report.html (the same for people, with plots), rewritten together."""
+"""report.json (what we measured) and report.html (the same for people, with plots), rewritten together.
+
+report.json follows ``schemas/report.schema.json``, checked on every write as manifest.json is; its typed form is
+:class:`edgeship.results.Report` (``Report.from_dict(load(folder))``)."""
 from __future__ import annotations
 
 import base64
@@ -7,15 +10,38 @@ import io
 import json
 import logging
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
-from ._io import write_json_atomic, write_text_atomic
+from ._io import _json_default, write_json_atomic, write_text_atomic
 from .errors import EdgeshipError
 from .manifest import tool_versions
 from .verify import SCHEMES
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1.0"
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "report.schema.json"
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate(report: dict, where: str = "report.json") -> None:
+    """Refuse a report that does not follow the schema, naming the first place it departs from it (as
+    ``manifest.validate`` does). The report is checked as it will be read back: as JSON (numpy scalars, paths)."""
+    import jsonschema
+
+    if hasattr(report, "to_dict"):   # a results.Report
+        report = report.to_dict()
+    doc = json.loads(json.dumps(report, default=_json_default))
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(doc), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        loc = "/".join(str(p) for p in e.path) or "(top level)"
+        raise EdgeshipError(f"{where} does not follow the report schema at {loc}: {e.message}",
+                            hint=f"the schema is {SCHEMA_PATH}; {len(errors)} problem(s) in all")
 
 
 def new_report(spec, manifest: dict, artifacts: list[dict], verify_samples: int) -> dict:
@@ -48,7 +74,12 @@ def load(folder: Path) -> dict:
 
 
 def write(folder: Path, report: dict) -> None:
+    """Validate ``report`` (a dict or a results.Report) against the schema, then write report.json and report.html
+    (each atomically); nothing is written when it does not validate."""
     folder = Path(folder)
+    if hasattr(report, "to_dict"):
+        report = report.to_dict()
+    validate(report, str(folder / "report.json"))
     write_json_atomic(folder / "report.json", report)
     write_text_atomic(folder / "report.html", render_html(report))
 
