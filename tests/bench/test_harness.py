@@ -105,6 +105,41 @@ def _check_ok_entries(entries: list[dict], *, device_id: str, kind: str, threads
 
 # ------------------------------------------------------------------------------------------ local
 
+
+def test_a_device_scheme_registered_from_the_test_benches(folder: Path):
+    """A new device kind is one class and one register_device call: ``toy://NAME``, the host under another name."""
+    from edgeship.bench.devices import list_devices, parse_device, register_device, unregister_device
+
+    class ToyDevice(LocalDevice):
+        kind, usage = "toy", "toy://NAME"
+
+        @classmethod
+        def from_spec(cls, text, *, python=None, **_options):
+            dev = cls(python=python)
+            dev.id = text
+            return dev
+
+        @classmethod
+        def discover(cls, **_options):
+            return []
+
+    register_device("toy", ToyDevice)
+    try:
+        dev = parse_device("toy://x")
+        assert isinstance(dev, ToyDevice) and dev.id == "toy://x"
+        with pytest.raises(EdgeshipError) as e:
+            parse_device("nosuch://x")
+        assert "toy://NAME" in e.value.hint
+        assert [d.id for d in list_devices(ssh_config="/nonexistent", adb="/nonexistent/adb")].count("local") == 1
+        entries = bench_folder(folder, dev, BenchOptions(**OPTS))
+        _check_ok_entries(entries, device_id="toy://x", kind="toy", threads=(None,), rounds=1)
+        assert all("no power sensor" in e["energy"]["reason"] for e in entries)
+    finally:
+        unregister_device("toy")
+    with pytest.raises(EdgeshipError, match="unknown device"):
+        parse_device("toy://x")
+
+
 def test_local(folder: Path):
     """On the host: entries for every artifact × thread count, appended to report.json (twice), plotted in report.html."""
     dev = LocalDevice()

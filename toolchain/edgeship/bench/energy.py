@@ -436,16 +436,16 @@ class ExternalMeterSource(PowerSource):
         return float(m.group(1)) if m else None
 
 
-def power_source(device: Any, power_cmd: str | None = None) -> PowerSource:
-    """The power source for a device: --power-cmd if given, else what the device kind offers."""
+def power_source(device: Any, power_cmd: str | None = None, info: Any = None) -> PowerSource:
+    """The power source for a device: --power-cmd if given, else the device's own capability
+    (``device.power_source(info)``: a phone's fuel gauge, a Raspberry Pi's PMIC; ``info``, its DeviceInfo when known,
+    lets it decide by what the device is), else none."""
     if power_cmd:
         return ExternalMeterSource(power_cmd)
-    kind = getattr(device, "kind", "local")
-    if kind == "adb":
-        return AndroidBatterySource(device)
-    if kind == "ssh":
-        return PiPmicSource(device)
-    return Unavailable(f"{getattr(device, 'id', kind)} has no power sensor edgeship can read; "
+    own = getattr(device, "power_source", None)
+    if callable(own):
+        return own(info)
+    return Unavailable(f"{getattr(device, 'id', 'the device')} has no power sensor edgeship can read; "
                        "measure with an external meter: --power-cmd \"CMD\" (prints watts)")
 
 

@@ -1,14 +1,8 @@
 """Run a benchmark on a Device for each artifact of an export folder; append results to report.json.
 
-Three ways to measure (``BenchOptions.via``):
-
-* ``python`` (default): the runner (runtimes/edgeship_runtime, numpy + one runtime, no torch) is pushed as files
-  with the artifacts and the manifest and run with the device's python; nothing of ours is installed there.
-* ``tool``: the runtimes' native benchmark binaries (LiteRT ``benchmark_model``, ``onnxruntime_perf_test``,
-  ExecuTorch ``executor_runner``), given by host path in ``BenchOptions.tools``, are pushed with the artifacts,
-  made executable and run; their output is parsed into the runner's JSON (see :mod:`edgeship.bench.native`).
-  For phones and boards without Python.
-* ``app``: the android-demo app's benchmark mode (adb only); it runs the artifact packaged in its APK.
+Three ways to measure (``BenchOptions.via``), each a strategy object in :mod:`edgeship.bench.methods`:
+``python`` (default; the pushed runner on the device's python), ``tool`` (the runtimes' native benchmark binaries,
+pushed: for phones and boards without Python) and ``app`` (the device's demo app: android-demo over adb).
 
 Variance controls: warmup, repeated rounds in alternating order, a cooldown between artifacts, optional CPU
 affinity and thread count; results whose coefficient of variation exceeds CV_FLAG are flagged.
@@ -16,7 +10,6 @@ affinity and thread count; results whose coefficient of variation exceeds CV_FLA
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -24,20 +17,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import edgeship_runtime
-from edgeship_runtime import formats
-
 from .. import manifest as manifest_mod
 from .. import report as report_mod
-from .._io import inside, relative_parts
+from .._io import inside
 from ..errors import EdgeshipError
 from . import native
+from .devices import Device, DeviceInfo
+from .methods import METHODS, RUNNER_DIR, BenchMethod, methods_for, parse_runner_output, remote_path, runner_env
+
+__all__ = ["BenchOptions", "bench_folder", "size_points", "select_artifacts", "add_speedups", "CV_FLAG", "VIAS",
+           # re-exported from .methods, where they live
+           "RUNNER_DIR", "remote_path", "parse_runner_output", "runner_env"]
 
 log = logging.getLogger(__name__)
 CV_FLAG = 0.10
-RUNNER_DIR = Path(edgeship_runtime.__file__).parent
 Event = Callable[[str, str, dict], None]
-VIAS = ("python", "tool", "app")
+VIAS = tuple(METHODS)
 
 
 @dataclass
@@ -179,54 +174,11 @@ def add_speedups(entries: list[dict], baseline: str) -> None:
                            "rounds_x": [round(r, 4) for r in rounds]}
 
 
-def parse_runner_output(stdout: str) -> dict:
-    """The runner prints one JSON object (the last line that parses); an {"error": ...} object is a failure."""
-    for line in reversed(stdout.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
-    raise ValueError("the runner printed no JSON result")
-
-
-def remote_path(d: str, rel: str) -> str:
-    """``rel`` (a relative POSIX path from the manifest) inside the device temp folder ``d``, rebuilt from its parts.
-
-    Defence in depth: ``manifest.load`` already refuses artifact paths that lead out of the export folder, but the
-    path on the device is built here from ``rel``'s parts alone (``.`` and empty parts dropped), and anything that
-    could climb out of ``d`` (``..``, an absolute path, a backslash, NUL) is refused, so no manifest can make the
-    bench write outside its temp folder on any device."""
-    parts = relative_parts(rel, f"artifact path {str(rel)[:200]!r} would leave the device's temp folder {d}",
-                           hint="the manifest was edited by hand or tampered with: export the folder again")
-    return f"{d}/{'/'.join(parts)}"
-
-
-def _runner_argv(device, d: str, art: dict, opts: BenchOptions, threads: int | None,
-                 point: dict | None = None) -> list[str]:
-    argv = [device.python or "python3", "-m", "edgeship_runtime.bench", remote_path(d, art["path"]),
-            "--manifest", f"{d}/manifest.json", "--runs", str(opts.runs), "--warmup", str(opts.warmup)]
-    for name, shape in ((point or {}).get("shapes") or {}).items():
-        argv += ["--shape", f"{name}={'x'.join(map(str, shape))}"]
-    if threads:
-        argv += ["--threads", str(threads)]
-    if opts.affinity:
-        argv = ["taskset", "-c", opts.affinity, *argv]
-    return argv
-
-
-def runner_env(d: str) -> dict[str, str]:
-    """The environment of a python runner started in the device folder ``d``: the pushed edgeship_runtime on its path,
-    and the formats registered in this process (``edgeship_runtime.formats.register``) so the runner knows them."""
-    return {**formats.exported_env(), "PYTHONPATH": d}
-
-
-def _energy_source(device, opts: BenchOptions):
+def _energy_source(device: Device, opts: BenchOptions, info: DeviceInfo):
     if opts.energy == "off":
         return None
     from .energy import power_source
-    return power_source(device, opts.power_cmd)
+    return power_source(device, opts.power_cmd, info)
 
 
 def _inferences(out: dict) -> int:
@@ -234,7 +186,7 @@ def _inferences(out: dict) -> int:
     return (1 if out.get("first_run_ms") is not None else 0) + int(out.get("warmup") or 0) + int(out.get("runs") or 0)
 
 
-def _measure(device, opts: BenchOptions, source, job: Callable[[], dict], what: str) -> tuple[dict, dict | None]:
+def _measure(device: Device, opts: BenchOptions, source, job: Callable[[], dict], what: str) -> tuple[dict, dict | None]:
     """Run ``job`` (one benchmark process on the device; returns the runner-style dict) inside the energy window."""
     from .energy import EnergySampler
     if source is None or source.unavailable_reason():
@@ -253,97 +205,30 @@ def _measure(device, opts: BenchOptions, source, job: Callable[[], dict], what: 
     return out, energy
 
 
-def _python_job(device, d: str, art: dict, opts: BenchOptions, threads: int | None,
-                point: dict | None = None) -> Callable[[], dict]:
-    def job() -> dict:
-        cp = device.run(_runner_argv(device, d, art, opts, threads, point), timeout_s=opts.timeout_s, cwd=d,
-                        env=runner_env(d))
-        try:
-            return parse_runner_output(cp.stdout)
-        except ValueError:
-            raise EdgeshipError(f"the runner failed on {device.id} (exit {cp.returncode}): {(cp.stderr or cp.stdout).strip()[-800:]}",
-                                hint="run `edgeship devices` to see what the device can run") from None
-    return job
-
-
-def _tool_job(device, d: str, art: dict, opts: BenchOptions, threads: int | None, exe: str) -> Callable[[], dict]:
-    fmt = art["format"]
-
-    def job() -> dict:
-        return native.run_tool(device, fmt, exe, remote_path(d, art["path"]), runs=opts.runs, warmup=opts.warmup,
-                               threads=threads, timeout_s=opts.timeout_s, cwd=d,
-                               env={"LD_LIBRARY_PATH": exe.rsplit("/", 1)[0]}, affinity=opts.affinity)
-    return job
-
-
-def _app_job(device, art: dict, opts: BenchOptions, threads: int | None) -> Callable[[], dict]:
-    def job() -> dict:
-        return native.run_app(device, art["path"], runs=opts.runs, warmup=opts.warmup, threads=threads,
-                              timeout_s=opts.timeout_s)
-    return job
-
-
-def _why_not(art: dict, device, info, opts: BenchOptions) -> str | None:
-    """None when ``art`` can be benched ``opts.via`` on the device, else why not."""
-    fmt = art["format"]
-    if opts.via == "tool":
-        if fmt not in (opts.tools or {}):
-            known = native.TOOLS.get(fmt)
-            return (f"no native benchmark tool given for {fmt}" + (f" (--tool {fmt}=/path/to/{known.binary})" if known
-                                                                  else f": none is known for {fmt}"))
-        return None
-    if opts.via == "app":
-        return None if fmt in native.APP_FORMATS else f"the android-demo app has no {fmt} runtime"
-    if not info.runtimes.get(fmt):
-        return info.missing.get(fmt) or f"no {fmt} runtime on {device.id}"
-    return None
-
-
-def _push(device, d: str, folder: Path, runnable: list[dict], opts: BenchOptions) -> dict[str, str]:
-    """Put what the chosen way needs on the device; returns {format: executable} for native tools.
-
-    Every destination is built by :func:`remote_path` inside ``d``; every artifact is read through
-    :func:`edgeship._io.inside` (symlinks followed), so nothing is read from outside ``folder`` nor written outside
-    ``d``."""
-    exes: dict[str, str] = {}
-    if opts.via == "python":
-        device.push(RUNNER_DIR, f"{d}/edgeship_runtime")
-        device.push(folder / "manifest.json", f"{d}/manifest.json")
-    if opts.via == "tool":
-        for fmt in dict.fromkeys(a["format"] for a in runnable):
-            src, name = native.resolve_tool(fmt, Path(opts.tools[fmt]))
-            dest = remote_path(d, f"tools/{fmt}")
-            device.push(src, remote_path(d, f"tools/{fmt}/{name}") if src.is_file() else dest)
-            exes[fmt] = remote_path(d, f"tools/{fmt}/{name}")
-            device.run(["chmod", "755", exes[fmt]], 60, check=True)
-    for a in runnable:
-        device.push(inside(folder, a["path"], "artifact path"), remote_path(d, a["path"]))
-    return exes
-
-
-def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | None = None) -> list[dict]:
+def bench_folder(folder: Path, device: Device, opts: BenchOptions, on_event: Event | None = None) -> list[dict]:
     """Benchmark every selected artifact of ``folder`` on ``device``; returns the new report.json bench entries.
 
     The folder is read through ``manifest.load`` (every artifact path stays inside it, symlinks followed); before
     anything is pushed each artifact's sha256 is checked against the manifest, and one that changed since export is
-    not benched: its entry fails with the reason. Device paths are built by :func:`remote_path`."""
+    not benched: its entry fails with the reason. Device paths are built by :func:`remote_path`. Each artifact is
+    measured by its :class:`~edgeship.bench.methods.BenchMethod` (``opts.via``)."""
     on_event = on_event or (lambda *a: None)
     folder = Path(folder)
     manifest = manifest_mod.load(folder)
     report = report_mod.load(folder)
     arts = select_artifacts(manifest, opts)
-    if opts.via == "app" and getattr(device, "kind", None) != "adb":
-        raise EdgeshipError(f"--via app runs the android-demo app's benchmark mode: it needs an adb device, not {device.id}",
-                            hint="--device adb (the app installed with ./gradlew installDebug)")
+    methods = methods_for(arts, opts)
+    for m in dict.fromkeys(methods.values()):
+        m.check(device)
     points = size_points(manifest, opts)   # --batch/--seq, checked before anything runs
     info = device.info()
     entries: list[dict] = []
     runnable = []
     for a in arts:
-        key = f"{a['format']}:{a['precision']}"
+        key, method = f"{a['format']}:{a['precision']}", methods[a["path"]]
         # the bytes pushed must be the bytes exported (and verified); the app runs its own packaged copy
-        changed = manifest_mod.artifact_problem(folder, a) if opts.via != "app" else None
-        reason = None if changed else _why_not(a, device, info, opts)
+        changed = manifest_mod.artifact_problem(folder, a) if method.pushes else None
+        reason = None if changed else method.why_not(a, device, info, opts)
         if changed:
             entries.append(_entry(device, info, a, None, opts, status="failed", reason=changed))
             on_event(key, "failed", {"reason": changed})
@@ -352,15 +237,15 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
             on_event(key, "skipped", {"reason": reason})
         else:
             runnable.append(a)
-    source = _energy_source(device, opts)
-    what = {"python": "runner", "tool": "benchmark tool", "app": "app"}[opts.via]
+    source = _energy_source(device, opts, info)
     results: dict[tuple[str, int | None, str | None], list[tuple[dict, dict | None]]] = {}
     sizes = points or [None]
     cant = {(a["path"], p["label"]): why for a in runnable for p in points or ()
             if (why := _size_problem(a, manifest, p))}
+    used = list(dict.fromkeys(methods[a["path"]] for a in runnable))
     if runnable:
-        with (device.tempdir() if opts.via != "app" else contextlib.nullcontext("")) as d:
-            exes = _push(device, d, folder, runnable, opts) if opts.via != "app" else {}
+        with (device.tempdir() if any(m.pushes for m in used) else contextlib.nullcontext("")) as d:
+            _push(device, d, folder, runnable, methods, opts)
             for rnd in range(opts.rounds):
                 order = runnable if rnd % 2 == 0 else runnable[::-1]    # alternate to spread drift and heat
                 for threads in opts.threads:
@@ -368,16 +253,11 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
                         label = point and point["label"]
                         if (a["path"], label) in cant:
                             continue
-                        key = f"{a['format']}:{a['precision']}"
+                        key, method = f"{a['format']}:{a['precision']}", methods[a["path"]]
                         on_event(key, "run", {"round": rnd + 1, "threads": threads, "size": label})
-                        if opts.via == "python":
-                            job = _python_job(device, d, a, opts, threads, point)
-                        elif opts.via == "tool":
-                            job = _tool_job(device, d, a, opts, threads, exes[a["format"]])
-                        else:
-                            job = _app_job(device, a, opts, threads)
+                        job = method.job(device, d, a, opts, threads, point)
                         try:
-                            out, energy = _measure(device, opts, source, job, what)
+                            out, energy = _measure(device, opts, source, job, method.what)
                         except EdgeshipError as e:
                             out, energy = {"error": e.message + (f" (hint: {e.hint})" if e.hint else "")}, None
                         results.setdefault((a["path"], threads, label), []).append((out, energy))
@@ -402,7 +282,21 @@ def bench_folder(folder: Path, device, opts: BenchOptions, on_event: Event | Non
     return entries
 
 
-def _entry(device, info, art: dict, out: dict | None, opts: BenchOptions, status: str = "ok",
+def _push(device: Device, d: str, folder: Path, runnable: list[dict], methods: dict[str, BenchMethod],
+          opts: BenchOptions) -> None:
+    """Put what each method needs in the device folder ``d``, then the artifacts of the methods that push them.
+
+    Every destination is built by :func:`remote_path` inside ``d``; every artifact is read through
+    :func:`edgeship._io.inside` (symlinks followed), so nothing is read from outside ``folder`` nor written outside
+    ``d``."""
+    for m in dict.fromkeys(methods[a["path"]] for a in runnable):
+        m.prepare(device, d, folder, [a for a in runnable if methods[a["path"]] is m], opts)
+    for a in runnable:
+        if methods[a["path"]].pushes:
+            device.push(inside(folder, a["path"], "artifact path"), remote_path(d, a["path"]))
+
+
+def _entry(device: Device, info: DeviceInfo, art: dict, out: dict | None, opts: BenchOptions, status: str = "ok",
            reason: str | None = None) -> dict:
     e = {"artifact": f"{art['format']}:{art['precision']}", "path": art["path"], "format": art["format"],
          "precision": art["precision"], "size_bytes": art["size_bytes"], "device": device.id, "device_kind": info.kind,
@@ -419,7 +313,7 @@ def _p50(out: dict) -> float:
     return v if v is not None else (lat.get("mean") if lat.get("mean") is not None else float("inf"))
 
 
-def _merge_rounds(device, info, art: dict, rounds: list[tuple[dict, dict | None]], opts: BenchOptions) -> dict:
+def _merge_rounds(device: Device, info: DeviceInfo, art: dict, rounds: list[tuple[dict, dict | None]], opts: BenchOptions) -> dict:
     good = [(o, en) for o, en in rounds if "error" not in o]
     if not good:
         return _entry(device, info, art, None, opts, status="failed", reason=rounds[0][0].get("error"))
