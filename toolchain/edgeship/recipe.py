@@ -10,7 +10,19 @@
     quantize: {precision: int8, calib_samples: 128, layers: {Linear: null}}
     seed: 0                      # seeds every random source before the model factory runs (default 0)
     #   quantize.qat: {epochs: 3, lr: 1e-4, batch_size: 64, seed: 0}   # quantization-aware fine-tune (int8; needs data)
-    export:   {formats: [onnx, tflite, executorch, coreml]}
+    export:   {formats: [onnx, tflite, executorch, coreml]}   # default: the format registry's default formats
+
+The sections train, distill, prune and quantize.qat are compression stages, run in that order. The same stages, in
+any order, with stages registered by other code (edgeship.compress.stages.register_stage), as a list::
+
+    stages:
+      - train: {epochs: 30}
+      - distill: {width: 0.5}
+      - prune                    # a bare key: its defaults
+      - qat: {epochs: 3}         # needs quantize: {precision: int8}
+
+Each stage's settings are its Config dataclass (compress/stages.py): the same keys and defaults in either form. A
+stage may not be given in both forms; a recipe's ``stages:`` replaces its preset's stages.
 
 Per-layer options (``layers``) follow coremltools' precedence: layer name > layer type > global; ``null`` leaves
 a layer alone (not pruned; kept in float).
@@ -28,6 +40,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
+from edgeship_runtime.formats import default_formats
 
 from .errors import QUOTE_CHARS, EdgeshipError, clip, quote
 
@@ -36,87 +49,32 @@ MAX_RECIPE_BYTES = 1 << 20     # recipes are a few hundred bytes; 1 MiB is gener
 MAX_NODES = 100_000            # YAML nodes with aliases expanded (an alias bomb expands to billions)
 MAX_STRING = 4096              # the longest string value (paths are at most PATH_MAX = 4096)
 MAX_DEPTH = 64                 # collections nested deeper than this (recipes nest three or four levels)
-@dataclass
-class TrainSection:
-    epochs: int = 30
-    lr: float = 2e-3
-    batch_size: int = 64
-    seed: int = 0
-    patience: int | None = 8
-
-    def __post_init__(self):
-        from .compress.train import TrainConfig
-        TrainConfig(self.epochs, self.lr, self.batch_size, self.seed, self.patience)
+# The stages' settings are the stages' own Config dataclasses (compress/stages.py; a section *is* that class, one
+# set of defaults): train -> compress.train.TrainConfig, distill -> compress.distill.DistillConfig,
+# prune -> compress.prune.PruneConfig, quantize.qat -> compress.qat.QATConfig. They load when a recipe is parsed,
+# so importing this module stays free of torch.
+SECTION_STAGES = ("train", "distill", "prune")      # stages a recipe may give as a top-level section
+SECTION_ORDER = ("train", "distill", "prune", "qat")  # the order the section form runs them in
+_ALIASES = {"TrainSection": "train", "DistillSection": "distill", "PruneSection": "prune", "QATSection": "qat"}
 
 
-SHIP_CHOICES = ("auto", "distilled", "baseline")
+def __getattr__(name: str):
+    """The old names of the stage sections: ``recipe.QATSection`` is ``compress.qat.QATConfig``, and so on."""
+    if name in _ALIASES:
+        return _stage_config(_ALIASES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@dataclass
-class DistillSection:
-    student: str | None = None          # MODEL reference; None derives one from the teacher
-    width: float | None = 0.5           # width ratio of a derived student
-    temperature: float = 4.0
-    alpha: float = 0.5
-    epochs: int = 30
-    lr: float = 2e-3
-    batch_size: int = 64
-    seed: int = 0
-    patience: int | None = 8
-    feature_layers: list[str] | None = None
-    baseline: bool = True               # also train the same student without the teacher, for comparison
-    ship: str = "auto"                  # auto: the better of the two on the validation split | distilled | baseline
-
-    def __post_init__(self):
-        if self.ship not in SHIP_CHOICES:
-            raise EdgeshipError(f"distill.ship must be one of {', '.join(SHIP_CHOICES)}, got {str(self.ship)[:60]!r}",
-                                hint="auto ships the better student on the validation split; distilled or baseline forces one")
-        if self.ship == "baseline" and not self.baseline:
-            raise EdgeshipError("distill.ship is baseline, but distill.baseline is false (no baseline is trained)",
-                                hint="set distill.baseline: true, or ship: distilled")
-        if self.student is None and not (self.width and 0 < self.width <= 1):
-            raise EdgeshipError(f"distill.width must be in (0, 1] when no student is given, got {self.width}")
-        from .compress.distill import DistillConfig
-        DistillConfig(self.temperature, self.alpha, self.epochs, self.lr, self.batch_size, self.seed, self.patience)
+def _stage_config(key: str) -> type:
+    from .compress.stages import config_of
+    return config_of(key)
 
 
 @dataclass
-class PruneSection:
-    method: str = "structured"          # structured | unstructured
-    sparsity: float = 0.5
-    steps: int = 1
-    finetune_epochs: int = 10
-    lr: float = 5e-4
-    layers: dict[str, float | None] = field(default_factory=dict)
-
-    def __post_init__(self):
-        from .compress.prune import check_sparsity
-        if self.method not in ("structured", "unstructured"):
-            raise EdgeshipError(f"prune.method must be structured or unstructured, got {quote(self.method)}")
-        check_sparsity(self.sparsity)
-        if self.steps < 1 or self.finetune_epochs < 0:
-            raise EdgeshipError(f"prune.steps must be >= 1 and finetune_epochs >= 0 (got {self.steps}, {self.finetune_epochs})")
-        odd = {k: v for k, v in self.layers.items() if v is not None}
-        if odd:
-            raise EdgeshipError(f"prune.layers: only null (leave the layer unpruned) is supported, got {quote(odd)}",
-                                hint="set the global sparsity, and null for layers to keep whole")
-
-
-@dataclass
-class QATSection:
-    """Quantization-aware training: a short fine-tune with int8 fake-quant (compress/qat.py)."""
-    epochs: int = 3
-    lr: float = 1e-4
-    batch_size: int = 64
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise EdgeshipError(f"quantize.qat.epochs must be >= 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise EdgeshipError(f"quantize.qat.lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise EdgeshipError(f"quantize.qat.batch_size must be >= 1, got {self.batch_size}")
+class StageEntry:
+    """One stage of a recipe: its registry key and its settings (an instance of that stage's Config)."""
+    key: str
+    config: Any
 
 
 @dataclass
@@ -125,7 +83,7 @@ class QuantizeSection:
     calib_samples: int = 128
     layers: dict[str, str | None] = field(default_factory=dict)   # layer name or type -> null (keep float) | precision
     max_accuracy_drop: float | None = None   # accuracy points vs fp32: keep the most sensitive layers float until it holds
-    qat: QATSection | None = None            # quantization-aware fine-tune before the int8 exports
+    qat: Any = field(default=None, metadata={"stage": "qat"})   # QATConfig: quantization-aware fine-tune (the qat stage)
 
     def __post_init__(self):
         from .verify import PRECISIONS
@@ -151,7 +109,7 @@ class QuantizeSection:
 
 @dataclass
 class ExportSection:
-    formats: list[str] = field(default_factory=lambda: ["onnx", "tflite", "executorch", "coreml"])
+    formats: list[str] = field(default_factory=lambda: list(default_formats()))   # the format registry's defaults
     fp32: bool = True                    # export the float model too, to compare against
 
     def __post_init__(self):
@@ -161,18 +119,75 @@ class ExportSection:
 
 @dataclass
 class Recipe:
+    """A compression recipe. ``stages`` is the ordered list of what runs; ``train``, ``distill``, ``prune`` (and
+    ``quantize.qat``) are the section form of the same stages, and after construction they hold the first stage of
+    that key in either form (None when there is none)."""
+
     data: str | None = None
     eval: str | None = None
-    train: TrainSection | None = None
-    distill: DistillSection | None = None
-    prune: PruneSection | None = None
+    train: Any = field(default=None, metadata={"stage": "train"})       # TrainConfig
+    distill: Any = field(default=None, metadata={"stage": "distill"})   # DistillConfig
+    prune: Any = field(default=None, metadata={"stage": "prune"})       # PruneConfig
     quantize: QuantizeSection | None = None
     export: ExportSection = field(default_factory=ExportSection)
     name: str | None = None
     seed: int = 0                        # seeds torch, numpy and random before the model factory runs: one recipe, one result
+    stages: list[StageEntry] = field(default_factory=list, metadata={"stages": True})
+
+    def __post_init__(self):
+        given = {k: getattr(self, k) for k in SECTION_STAGES if getattr(self, k) is not None}
+        if self.quantize is not None and self.quantize.qat is not None:
+            given["qat"] = self.quantize.qat
+        if self.stages:
+            self.stages = [e if isinstance(e, StageEntry) else StageEntry(*e) for e in self.stages]
+            for key, cfg in given.items():   # the views of a recipe already built are its own stages
+                if self._first(key) is not cfg:
+                    raise EdgeshipError(_both_forms(key), hint=_BOTH_HINT)
+        else:
+            self.stages = [StageEntry(k, given[k]) for k in SECTION_ORDER if k in given]
+        for key in SECTION_STAGES:
+            setattr(self, key, self._first(key))
+        qat = self._first("qat")
+        if qat is not None:
+            if self.quantize is None:
+                raise EdgeshipError("the qat stage fine-tunes for the int8 exports, but the recipe has no quantize section",
+                                    hint="add quantize: {precision: int8}")
+            if self.quantize.precision != "int8":
+                raise EdgeshipError(f"quantize.qat trains for int8, but quantize.precision is {self.quantize.precision!r}",
+                                    hint="set quantize.precision: int8, or drop the qat stage")
+            self.quantize.qat = qat
+
+    def _first(self, key: str):
+        return next((e.config for e in self.stages if e.key == key), None)
+
+    def section_form(self) -> bool:
+        """Whether the stages are what the section form says: built-in ones, each at most once, in its order."""
+        keys = [e.key for e in self.stages]
+        return all(k in SECTION_ORDER for k in keys) and keys == sorted(set(keys), key=SECTION_ORDER.index)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The recipe as data, in the section form where it can be written so, else with a ``stages`` list;
+        either reads back (``parse(to_yaml(r)) == r``)."""
+        sections = self.section_form()
+        out: dict = {"data": self.data, "eval": self.eval}
+        for key in SECTION_STAGES:
+            cfg = getattr(self, key)
+            out[key] = dataclasses.asdict(cfg) if sections and cfg is not None else None
+        quantize = dataclasses.asdict(self.quantize) if self.quantize is not None else None
+        if quantize is not None and not sections:
+            quantize["qat"] = None
+        out |= {"quantize": quantize, "export": dataclasses.asdict(self.export), "name": self.name, "seed": self.seed}
+        if not sections:
+            out["stages"] = [{e.key: dataclasses.asdict(e.config)} for e in self.stages]
+        return out
+
+
+_BOTH_HINT = "give each stage once: either in the stages: list or as its section, not both"
+
+
+def _both_forms(key: str) -> str:
+    where = "quantize.qat" if key == "qat" else key
+    return f"stage '{key}' is given twice: as '{where}' and in stages:"
 
 
 def presets() -> list[str]:
@@ -221,6 +236,7 @@ def _build(cls, data: dict, node, where: str, path: str):
     if not isinstance(data, dict):
         raise EdgeshipError(f"{where} {_line(node)}: '{path}' must be a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}
     keys = {k.value: (k, v) for k, v in node.value} if node is not None and hasattr(node, "value") and isinstance(node.value, list) else {}
     kwargs = {}
     for key, value in data.items():
@@ -229,8 +245,12 @@ def _build(cls, data: dict, node, where: str, path: str):
         if key not in hints:
             known = ", ".join(f.name for f in dataclasses.fields(cls))
             raise EdgeshipError(f"{where} {_line(knode)}: unknown key '{clip(str(full), QUOTE_CHARS)}'", hint=f"known keys{' in ' + path if path else ''}: {known}")
+        if meta[key].get("stages"):
+            kwargs[key] = _build_stages(value, vnode, where, data)
+            continue
         tp = hints[key]
-        section = next((a for a in (get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)), None)
+        stage = meta[key].get("stage")
+        section = _stage_config(stage) if stage else next((a for a in (get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)), None)
         if section is not None:
             kwargs[key] = None if value is None else _build(section, value or {}, vnode, where, full)
             continue
@@ -241,8 +261,43 @@ def _build(cls, data: dict, node, where: str, path: str):
     try:
         return cls(**kwargs)
     except EdgeshipError as e:   # from a section's checks, some in other modules: keep the line short whatever they echo
-        raise EdgeshipError(f"{where} {_line(node)}: {clip(e.message, 4 * QUOTE_CHARS)}",
+        msg, leaf = e.message, path.rpartition(".")[2]
+        if leaf != path and msg.startswith(leaf + "."):   # a nested section's check names it by its own key
+            msg = path + msg[len(leaf):]
+        raise EdgeshipError(f"{where} {_line(node)}: {clip(msg, 4 * QUOTE_CHARS)}",
                             e.hint and clip(e.hint, 4 * QUOTE_CHARS)) from None
+
+
+def _build_stages(value, node, where: str, recipe_data: dict) -> list[StageEntry]:
+    """``stages:``: a list of ``- KEY: {settings}`` (or ``- KEY`` for the defaults), each built as its stage's Config."""
+    from .compress.stages import STAGES
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise EdgeshipError(f"{where} {_line(node)}: 'stages' must be a list (- KEY: {{settings}}), got {type(value).__name__}",
+                            hint=f"known stages: {', '.join(STAGES)}")
+    items = node.value if isinstance(node, yaml.SequenceNode) and len(node.value) == len(value) else [None] * len(value)
+    out = []
+    for item, inode in zip(value, items):
+        knode = vnode = inode
+        if isinstance(item, dict) and len(item) == 1:
+            key, settings = next(iter(item.items()))
+            if isinstance(inode, yaml.MappingNode) and len(inode.value) == 1:
+                knode, vnode = inode.value[0]
+        elif isinstance(item, str):
+            key, settings = item, None
+        else:
+            raise EdgeshipError(f"{where} {_line(inode)}: each entry of 'stages' is one stage, '- KEY: {{settings}}' or "
+                                f"'- KEY', got {quote(item)}", hint=f"known stages: {', '.join(STAGES)}")
+        if not isinstance(key, str) or key not in STAGES:
+            raise EdgeshipError(f"{where} {_line(knode)}: unknown stage {quote(key)}",
+                                hint=f"known stages: {', '.join(STAGES)} (edgeship.compress.stages.register_stage adds one)")
+        quantize = recipe_data.get("quantize")
+        section = quantize.get("qat") if key == "qat" and isinstance(quantize, dict) else recipe_data.get(key) if key in SECTION_STAGES else None
+        if section is not None:
+            raise EdgeshipError(f"{where} {_line(knode)}: {_both_forms(key)}", hint=_BOTH_HINT)
+        out.append(StageEntry(key, _build(_stage_config(key), settings or {}, vnode, where, key)))
+    return out
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -346,11 +401,15 @@ def parse(text: str, where: str = "recipe") -> Recipe:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise EdgeshipError(f"{where} must be a YAML mapping of sections (data, train, distill, prune, quantize, export)")
+        raise EdgeshipError(f"{where} must be a YAML mapping of sections (data, train, distill, prune, quantize, export, stages)")
     preset = data.pop("preset", None)
     if preset is not None:
         base, _ = load_yaml(_preset_text(preset), f"preset {preset}")
         base.pop("preset", None)
+        if "stages" in data:   # the user's stages: list replaces the preset's stages, in either form
+            base = {k: v for k, v in base.items() if k not in SECTION_STAGES}
+            if isinstance(base.get("quantize"), dict):
+                base["quantize"] = {k: v for k, v in base["quantize"].items() if k != "qat"}
         merged = _merge(base, data)
         # validate the user's keys against their own lines first, then the merged result
         _build(Recipe, data, node, where, "")

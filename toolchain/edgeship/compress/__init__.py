@@ -1,5 +1,9 @@
 """torch -> torch compression stages: distillation, pruning, quantization-aware training (and the shared training loop).
 
+The stages a recipe runs are a registry (``compress.stages``: ``Stage``, ``register_stage``); each stage's settings
+are one config dataclass (``TrainConfig``, ``DistillConfig``, ``PruneConfig``, ``QATConfig``) that is also its recipe
+section.
+
 Names are imported lazily so ``import edgeship.compress`` stays cheap (Torch-Pruning loads only when a
 pruning function is used; ``compress.quantize`` is independent of this file). ``edgeship.compress.distill``
 and ``edgeship.compress.prune`` are the submodules; their entry points are ``distill.distill`` and
@@ -15,7 +19,8 @@ _EXPORTS = {
     "has_pruning_hooks": "prune", "make_permanent": "prune", "shrink_width": "prune", "sweep": "prune",
     "plot_sweep": "prune", "SweepRow": "prune", "count_macs": "prune", "count_params": "prune",
     "train_classifier": "train", "TrainConfig": "train", "evaluate": "train", "Progress": "train",
-    "FitResult": "train", "qat_finetune": "qat", "QATConfig": "qat", "QATResult": "qat",
+    "FitResult": "train", "qat_finetune": "qat", "QATConfig": "qat", "QATResult": "qat", "PruneConfig": "prune",
+    "Stage": "stages", "StageContext": "stages", "register_stage": "stages", "get_stage": "stages",
 }
 
 __all__ = sorted(_EXPORTS)

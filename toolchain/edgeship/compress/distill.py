@@ -27,13 +27,22 @@ from torch.nn import functional as F
 from ..data import DataSource
 from ..errors import EdgeshipError
 from ..model import ModelSpec, flatten_outputs
-from .train import FitResult, ProgressFn, call, evaluate, fit
+from .train import FitResult, ProgressFn, _check_common, call, evaluate, fit
 
 log = logging.getLogger(__name__)
 
 
+SHIP_CHOICES = ("auto", "distilled", "baseline")
+_STAGE_ONLY = ("student", "width", "baseline", "ship")   # what compress's distill stage reads; not the training loop
+
+
 @dataclass
 class DistillConfig:
+    """Distillation settings; also the recipe's ``distill:`` stage (compress/stages.py), one set of defaults.
+
+    ``student``, ``width``, ``baseline`` and ``ship`` are read by the stage (which student, and which one ships);
+    :func:`distill` takes its student and width as arguments."""
+
     temperature: float = 4.0
     alpha: float = 0.5                  # weight of the hard-label cross-entropy; 1 - alpha on the soft targets
     epochs: int = 30
@@ -41,12 +50,23 @@ class DistillConfig:
     batch_size: int = 64
     seed: int = 0
     patience: int | None = 8            # early stopping on val accuracy; None: run all epochs
-    feature_layers: Sequence[str] | Mapping[str, str] | None = None   # names, or {student_layer: teacher_layer}
+    feature_layers: list[str] | dict[str, str] | None = None   # names, or {student_layer: teacher_layer}
     feature_weight: float = 1.0
     weight_decay: float = 0.0
+    student: str | None = None          # MODEL reference; None derives one from the teacher at ``width``
+    width: float | None = 0.5           # width ratio of a derived student
+    baseline: bool = True               # also train the same student without the teacher, for comparison
+    ship: str = "auto"                  # auto: the better of the two on the validation split | distilled | baseline
 
     def __post_init__(self):
-        from .train import _check_common
+        if self.ship not in SHIP_CHOICES:
+            raise EdgeshipError(f"distill.ship must be one of {', '.join(SHIP_CHOICES)}, got {str(self.ship)[:60]!r}",
+                                hint="auto ships the better student on the validation split; distilled or baseline forces one")
+        if self.ship == "baseline" and not self.baseline:
+            raise EdgeshipError("distill.ship is baseline, but distill.baseline is false (no baseline is trained)",
+                                hint="set distill.baseline: true, or ship: distilled")
+        if self.student is None and not (self.width and 0 < self.width <= 1):
+            raise EdgeshipError(f"distill.width must be in (0, 1] when no student is given, got {self.width}")
         _check_common(self)
         if not self.temperature > 0:
             raise EdgeshipError(f"temperature must be > 0, got {self.temperature}")
@@ -211,7 +231,7 @@ def distill(teacher: ModelSpec, student: ModelSpec | nn.Module | None, train: Da
             return loss, logits
 
         t_model.eval()
-        fp = {"stage": "distill", "config": {k: v for k, v in asdict(cfg).items()},
+        fp = {"stage": "distill", "config": {k: v for k, v in asdict(cfg).items() if k not in _STAGE_ONLY},
               "teacher": [(k, tuple(v.shape)) for k, v in t_model.state_dict().items()]}
         res: FitResult = fit(s_model, train, val, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                              seed=cfg.seed, patience=cfg.patience, weight_decay=cfg.weight_decay, step_loss=step,

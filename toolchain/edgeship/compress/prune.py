@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from ..data import DataSource
-from ..errors import EdgeshipError
+from ..errors import EdgeshipError, quote
 from ..model import ModelSpec, flatten_outputs
 from .train import ProgressFn, TrainConfig, call, evaluate, train_classifier
 
@@ -72,6 +72,35 @@ class PruneResult:
                 "macs_before": self.macs_before, "macs_after": self.macs_after,
                 "params_ratio": round(self.params_ratio, 4), "macs_ratio": round(self.macs_ratio, 4),
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after, "steps": self.steps}
+
+
+@dataclass
+class PruneConfig:
+    """The recipe's ``prune:`` stage (compress/stages.py): prune to ``sparsity``, fine-tune after each step."""
+
+    method: str = "structured"          # structured | unstructured
+    sparsity: float = 0.5
+    steps: int = 1
+    finetune_epochs: int = 10           # 0: no fine-tune (and no data needed)
+    lr: float = 5e-4
+    patience: int | None = 5            # the fine-tune's early stopping on val accuracy; None: every epoch
+    layers: dict[str, float | None] = field(default_factory=dict)   # layer name or type -> null: leave it unpruned
+
+    def __post_init__(self):
+        if self.method not in ("structured", "unstructured"):
+            raise EdgeshipError(f"prune.method must be structured or unstructured, got {quote(self.method)}")
+        check_sparsity(self.sparsity)
+        if self.steps < 1 or self.finetune_epochs < 0:
+            raise EdgeshipError(f"prune.steps must be >= 1 and finetune_epochs >= 0 (got {self.steps}, {self.finetune_epochs})")
+        odd = {k: v for k, v in self.layers.items() if v is not None}
+        if odd:
+            raise EdgeshipError(f"prune.layers: only null (leave the layer unpruned) is supported, got {quote(odd)}",
+                                hint="set the global sparsity, and null for layers to keep whole")
+        if self.finetune_epochs:
+            self.finetune()   # lr and patience checked as the fine-tune will see them
+
+    def finetune(self) -> TrainConfig:
+        return TrainConfig(self.finetune_epochs, self.lr, patience=self.patience)
 
 
 # -- small helpers -----------------------------------------------------------------------------------------
@@ -405,7 +434,7 @@ def sweep(spec: ModelSpec, sparsities: Sequence[float], train: DataSource | None
     stopping on ``val``), and measure accuracy on ``eval_data`` (default ``val``). Sparsity 0 is the
     unpruned baseline (not fine-tuned)."""
     values = sorted({check_sparsity(s) for s in sparsities})
-    cfg = finetune if finetune is not None else TrainConfig(epochs=finetune_epochs, lr=5e-4)
+    cfg = finetune if finetune is not None else TrainConfig(epochs=finetune_epochs, lr=5e-4, patience=5)
     data = eval_data if eval_data is not None else val
     rows = []
     for s in values:

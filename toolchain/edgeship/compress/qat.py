@@ -44,20 +44,26 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class QATConfig:
-    """The fine-tune: a few epochs at a small learning rate (the model is already trained)."""
+    """The fine-tune: a few epochs at a small learning rate (the model is already trained). Also the recipe's
+    ``qat`` stage (``quantize: {qat: ...}`` or ``stages: [qat: ...]``; compress/stages.py), one set of defaults."""
 
     epochs: int = 3
     lr: float = 1e-4
     batch_size: int = 64
     seed: int = 0
     patience: int | None = None       # None: run every epoch (the best val-accuracy epoch is kept either way)
-    calib_samples: int = 128          # for the PTQ comparison (as many as the exporters calibrate on)
+    calib_samples: int | None = None  # for the PTQ comparison; None: as many as the exporters calibrate on
+                                      # (the recipe's quantize.calib_samples; 128 called directly)
 
     def __post_init__(self):
-        _check_common(self)
         if self.epochs < 1:
             raise EdgeshipError(f"qat.epochs must be >= 1, got {self.epochs}")
-        if self.calib_samples < 1:
+        if not self.lr > 0:
+            raise EdgeshipError(f"qat.lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise EdgeshipError(f"qat.batch_size must be >= 1, got {self.batch_size}")
+        _check_common(self)
+        if self.calib_samples is not None and self.calib_samples < 1:
             raise EdgeshipError(f"qat.calib_samples must be >= 1, got {self.calib_samples}")
 
 
@@ -260,7 +266,7 @@ def qat_finetune(spec: ModelSpec, train: DataSource, val: DataSource | None, con
     float_acc = _accuracy(tuned.module, eval_data)
     ptq_acc = ptq_after = observer = None
     if compare_ptq:
-        samples, _ = calibration_inputs(spec, calib if calib is not None else train.calibration(cfg.calib_samples))
+        samples, _ = calibration_inputs(spec, calib if calib is not None else train.calibration(cfg.calib_samples or 128))
         before = ptq(base, samples, make_config, keep_float)
         after = ptq(tuned, samples, make_config, keep_float)
         observer = after.observer

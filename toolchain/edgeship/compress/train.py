@@ -46,13 +46,15 @@ ProgressFn = Callable[[Progress], None]
 
 @dataclass
 class TrainConfig:
-    """Plain supervised training (cross-entropy) or fine-tuning."""
+    """Plain supervised training (cross-entropy) or fine-tuning; also the recipe's ``train:`` stage (compress/stages.py).
 
-    epochs: int = 20
-    lr: float = 1e-3
+    One set of defaults: the recipe's (the ``train:`` section is this class) and distillation's (DistillConfig)."""
+
+    epochs: int = 30
+    lr: float = 2e-3
     batch_size: int = 64
     seed: int = 0
-    patience: int | None = 5       # epochs without a better val accuracy before stopping; None: never
+    patience: int | None = 8       # epochs without a better val accuracy before stopping; None: never
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
 
