@@ -53,25 +53,6 @@ def linear_spec() -> ModelSpec:
     return ModelSpec(layer, (InputSpec("x", (1, 8)),), task="classification", labels=["a", "b", "c"], name="toy")
 
 
-def runner_path_kept(monkeypatch):
-    """The bench harness sets the runner's PYTHONPATH to the pushed edgeship_runtime alone; on the local device the
-    toy runtime module must be found too, so the test's PYTHONPATH is appended (a runtime outside edgeship_runtime
-    is not pushed to a device yet). Patched wherever ``runner_env`` is looked up."""
-    import importlib.util
-    import sys
-    for name in ("edgeship.bench.harness", "edgeship.bench.methods"):
-        mod = sys.modules.get(name) or (importlib.util.find_spec(name) and importlib.import_module(name))
-        real = getattr(mod, "runner_env", None) if mod else None
-        if real is None:
-            continue
-
-        def runner_env(d: str, real=real) -> dict:
-            env = real(d)
-            env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], os.environ["PYTHONPATH"]])
-            return env
-        monkeypatch.setattr(mod, "runner_env", runner_env)
-
-
 @pytest.mark.slow
 def test_a_toy_format_registered_from_the_tests_goes_end_to_end(npz_format, tmp_path, monkeypatch):
     from edgeship.bench.devices import parse_device
@@ -100,7 +81,6 @@ def test_a_toy_format_registered_from_the_tests_goes_end_to_end(npz_format, tmp_
     np.testing.assert_allclose(rt.run({"x": x.numpy()})[0], spec.module(x).detach().numpy(), rtol=1e-5, atol=1e-6)
 
     # bench on the local device: a subprocess runner that learns the format from EDGESHIP_FORMATS
-    runner_path_kept(monkeypatch)
     [bench] = bench_folder(out, parse_device("local"), BenchOptions(runs=3, warmup=1, threads=(1,), energy="off"))
     assert (bench["format"], bench["status"], bench["runtime"]) == ("npz", "ok", "numpy-npz"), bench
     assert bench["latency_ms"]["p50"] > 0

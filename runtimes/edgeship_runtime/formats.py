@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 __all__ = ["FormatSpec", "Probe", "FORMATS", "ENV_VAR", "register", "unregister", "format_for_suffix",
-           "default_formats", "app_formats", "native_tools", "profilable", "KeyView", "exported_env"]
+           "default_formats", "app_formats", "native_tools", "profilable", "KeyView", "exported_env",
+           "added_runtime_modules"]
 
 ENV_VAR = "EDGESHIP_FORMATS"
 
@@ -217,6 +218,14 @@ def exported_env() -> Dict[str, str]:
     builtin = {f.key for f in _BUILTIN}
     extra = [f.to_dict() for f in FORMATS.values() if f.key not in builtin]
     return {ENV_VAR: json.dumps(extra)} if extra else {}
+
+
+def added_runtime_modules() -> List[str]:
+    """The top-level modules of the runtimes of formats registered in this process that live outside
+    edgeship_runtime: what a runner on a device needs pushed beside edgeship_runtime."""
+    builtin = {f.key for f in _BUILTIN}
+    mods = (f.runtime.partition(":")[0].split(".")[0] for f in FORMATS.values() if f.key not in builtin)
+    return sorted({m for m in mods if m != "edgeship_runtime"})
 
 
 def _load_env() -> None:

@@ -1,1 +1,1 @@
-"""Benchmarks on devices: devices.py (local, ssh://, adb), energy.py, harness.py."""
+"""Benchmarks on devices: devices/ (a transport + capabilities per kind: local, ssh://, adb, ios stub; a scheme registry), methods.py (python runner, native tool, app), energy.py, harness.py, native.py, profile.py."""

@@ -2,7 +2,8 @@
 
 * ``python`` (:class:`PythonRunner`): the runner (runtimes/edgeship_runtime, numpy + one runtime, no torch) is
   pushed as files with the artifacts and the manifest and run with the device's python; nothing of ours is installed
-  there. Its environment carries the formats registered in this process (:func:`runner_env`).
+  there. Its environment carries the formats registered in this process (:func:`runner_env`), and the runtime
+  modules of such formats that live outside edgeship_runtime are pushed beside it (:func:`runtime_sources`).
 * ``tool`` (:class:`NativeTool`): the runtimes' native benchmark binaries, given by host path, are pushed with the
   artifacts, made executable and run; their output is parsed into the runner's JSON (:mod:`edgeship.bench.native`).
 * ``app`` (:class:`DemoApp`): the device's app capability (``device.app``: android-demo over adb) runs the artifact
@@ -55,6 +56,28 @@ def parse_runner_output(stdout: str) -> dict:
     raise ValueError("the runner printed no JSON result")
 
 
+def runtime_sources() -> list[Path]:
+    """The files or package folders of registered formats' runtime modules outside edgeship_runtime (found on this
+    host's path), pushed into the device folder so the runner imports them there."""
+    import importlib.util
+    out = []
+    for name in formats.added_runtime_modules():
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise EdgeshipError(f"the runtime module {name!r} of a registered format is not importable here",
+                                hint="put it on PYTHONPATH, or register the format with a runtime module that is")
+        origin = Path(spec.origin)
+        out.append(origin.parent if spec.submodule_search_locations else origin)
+    return out
+
+
+def push_runner(device: Device, d: str) -> None:
+    """Push the python runner into the device folder ``d``: edgeship_runtime and the registered formats' runtimes."""
+    device.push(RUNNER_DIR, f"{d}/edgeship_runtime")
+    for src in runtime_sources():
+        device.push(src, f"{d}/{src.name}")
+
+
 def runner_env(d: str) -> dict[str, str]:
     """The environment of a python runner started in the device folder ``d``: the pushed edgeship_runtime on its path,
     and the formats registered in this process (``edgeship_runtime.formats.register``) so the runner knows them."""
@@ -90,7 +113,7 @@ class PythonRunner:
         return None
 
     def prepare(self, device: Device, d: str, folder: Path, arts: Sequence[dict], opts: "BenchOptions") -> None:
-        device.push(RUNNER_DIR, f"{d}/edgeship_runtime")
+        push_runner(device, d)
         device.push(folder / "manifest.json", f"{d}/manifest.json")
 
     @staticmethod

@@ -23,7 +23,7 @@ import edgeship_runtime
 
 from .. import manifest as manifest_mod
 from ..errors import EdgeshipError
-from .harness import RUNNER_DIR, parse_runner_output
+from .methods import parse_runner_output, push_runner, runner_env
 
 log = logging.getLogger(__name__)
 PROFILABLE = edgeship_runtime.formats.KeyView(edgeship_runtime.formats.profilable)   # "profilable" in the registry
@@ -97,7 +97,7 @@ def profile_artifact(path: Path, device: Any, runs: int = 20, warmup: int = 3, t
         return _profile_with_tool(path, device, Path(tool), runs, warmup, threads, timeout_s)
     manifest = _manifest_for(path)
     with device.tempdir() as d:
-        device.push(RUNNER_DIR, f"{d}/edgeship_runtime")
+        push_runner(device, d)
         remote = f"{d}/model/{path.name}"
         device.push(path, remote)
         side = path.with_name(path.name + ".data")     # ONNX external weights, when the file has them
@@ -112,7 +112,7 @@ def profile_artifact(path: Path, device: Any, runs: int = 20, warmup: int = 3, t
             device.push(Path(etrecord), remote_etrecord)
         argv = profile_argv(device, remote, runs, warmup, threads, manifest=remote_manifest,
                             etrecord=remote_etrecord, benchmark_model=benchmark_model)
-        cp = device.run(argv, timeout_s=timeout_s, cwd=d, env={"PYTHONPATH": d})
+        cp = device.run(argv, timeout_s=timeout_s, cwd=d, env=runner_env(d))
     try:
         out = parse_runner_output(cp.stdout)
     except ValueError:
