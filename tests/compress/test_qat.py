@@ -64,7 +64,8 @@ def test_qat_stage_measures_int8_accuracy_of_the_qat_graph_and_of_ptq(compressed
     assert before["eval_nll"] == pytest.approx(eval_nll(teacher.module, digits["test"]), abs=1e-4) and before["eval_nll"] > 0
     assert row["epochs_run"] == 2 and row["lr"] == pytest.approx(1e-4)
     assert "every format's own int8 quantizer" in row["note"]
-    assert record["recipe"]["quantize"]["qat"] == {"epochs": 2, "lr": 1e-4, "batch_size": 64, "seed": 0}
+    assert record["recipe"]["quantize"]["qat"] == {"epochs": 2, "lr": 1e-4, "batch_size": 64, "seed": 0,
+                                                  "patience": None, "calib_samples": None}
     assert row["accuracy"] == pytest.approx(evaluate(final.module, eval_data))   # the row describes the returned module
 
 
