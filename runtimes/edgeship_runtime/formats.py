@@ -32,6 +32,7 @@ __all__ = ["FormatSpec", "Probe", "FORMATS", "ENV_VAR", "register", "unregister"
            "added_runtime_modules"]
 
 ENV_VAR = "EDGESHIP_FORMATS"
+_OS_NAMES = {"darwin": "macOS", "linux": "Linux", "win32": "Windows"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class FormatSpec:
     profilable   whether ``edgeship profile`` can break it down per op
     apps         the app targets of ``edgeship package`` that can run it, by preference ({app: rank}, 0 best)
     default      whether ``--formats`` includes it when not given
+    title        its name in messages ("Core ML"); the key when empty
     """
 
     key: str
@@ -79,6 +81,7 @@ class FormatSpec:
     profilable: bool = False
     apps: Dict[str, int] = field(default_factory=dict)
     default: bool = False
+    title: str = ""
 
     def __post_init__(self):
         if not self.key or not self.key.isidentifier():
@@ -90,6 +93,13 @@ class FormatSpec:
 
     def runs_on(self, platform: str) -> bool:
         return self.platforms is None or platform in self.platforms
+
+    def platform_problem(self, platform: str) -> Optional[str]:
+        """None where its models can run on ``platform`` (a sys.platform value), else the reason to report."""
+        if self.runs_on(platform):
+            return None
+        where = " or ".join(_OS_NAMES.get(p, p) for p in self.platforms or ())
+        return f"needs {where}: {self.title or self.key} prediction runs only there"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +133,8 @@ _BUILTIN = (
                profilable=True, apps={"android": 1, "pi": 2}, default=True),
     FormatSpec("coreml", (".mlpackage", ".mlmodel"), "edgeship_runtime.coreml:CoreMLRuntime",
                probes=(Probe("coremltools", "coremltools"),), runtime_pip=("coremltools",),
-               converter_pip=("coremltools",), platforms=("darwin",), apps={"ios": 0}, default=True),
+               converter_pip=("coremltools",), platforms=("darwin",), apps={"ios": 0}, default=True,
+               title="Core ML"),
     FormatSpec("torchscript", (".ptl",), "edgeship_runtime.torchscript:TorchScriptRuntime",   # legacy PyTorch Mobile
                probes=(Probe("torch", "torch", how="find", deep="torch.jit.mobile"),), runtime_pip=("torch",),
                converter_pip=("torch",)),

@@ -6,12 +6,13 @@ the tolerance of its precision. Thresholds are reported with the figures and nev
 from __future__ import annotations
 
 import logging
-import platform
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from edgeship_runtime.formats import FORMATS
 
 from .errors import EdgeshipError, quote
 
@@ -203,8 +204,9 @@ def check_artifact(path: Path, fmt: str, precision: str, feeds: Sequence[Sequenc
     """Run the artifact in its real runtime on ``feeds`` and compare against ``refs``."""
     from edgeship_runtime import RuntimeUnavailable
 
-    if fmt == "coreml" and platform.system() != "Darwin":
-        return not_run(precision, "needs macOS: Core ML prediction runs only there")
+    problem = FORMATS[fmt].platform_problem(sys.platform)
+    if problem:
+        return not_run(precision, problem)
     try:
         gots, name, version = run_artifact(path, feeds)
     except RuntimeUnavailable as e:
