@@ -1,4 +1,6 @@
-"""The `edgeship` command: thin; parses, calls the API, prints. Errors print without a traceback unless --debug."""
+"""The `edgeship` command: thin; parses flags, calls edgeship.api, prints. Errors print without a traceback unless
+--debug. Exit codes: 0 every artifact passed (export, compress, verify) or everything was measured (bench); 1 an
+artifact failed, an accuracy budget was not met, or a bench measured nothing or failed; 2 an error (message + hint)."""
 from __future__ import annotations
 
 import json
@@ -82,11 +84,6 @@ def _progress_events(progress, task_ids: dict):
     return on_event
 
 
-def _all_passed(report: dict) -> bool:
-    return all(a.get("status") == "ok" and (a.get("parity") or {}).get("status") in ("pass", "not run")
-               for a in report["artifacts"])
-
-
 MODEL_HELP = ("path/to/file.py:factory, package.module:attr, or example:NAME; factory keyword arguments in "
               "parentheses, e.g. 'example:digits_cnn(width=64)'")
 INPUT_HELP = ("NAME:SHAPE[:DTYPE[:RANGE]], e.g. image:1x3x224x224, tokens:1x128:int64:0..30522 (RANGE LOW..HIGH, HIGH "
@@ -119,70 +116,37 @@ def export(
     as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
 ):
     """Export MODEL to every format, verify each artifact in its runtime, write manifest.json and report.json."""
-    from . import export as export_mod
-    from .model import load, parse_input, task_name
-    from .pipeline import ExportOptions, check_precisions
-
-    if task is not None:
-        task_name(task)                 # an unknown task is refused before any long work
-    fmts = export_mod.parse_formats(formats)
-    precisions = check_precisions(precision)
-    if max_accuracy_drop is not None:   # before any long work (the model loads)
-        from .compress.sensitivity import check_budget
-        check_budget(max_accuracy_drop, precisions, eval_data)
-    with _claim(out, force):            # refuse early, before any long work; held until the folder is in place
-        spec = load(model, [parse_input(t) for t in input], name=name, task=task)
-        opts = ExportOptions(fmts, precisions, samples, verify_data, check_determinism, force,
-                             quant=_keep_float(spec, keep_float), max_accuracy_drop=max_accuracy_drop)
-        _attach_data(opts, spec, calib, calib_samples, eval_data)
-        _run_and_print(spec, out, opts, as_json)
+    from . import api
+    STATE["out"] = out                  # an interrupt names it
+    with _export_bar(as_json) as progress:
+        report = api.export(model, out, formats=formats, precisions=precision, inputs=input, task=task, name=name,
+                            verify_samples=samples, verify_data=verify_data, check_determinism=check_determinism,
+                            calib=calib, calib_samples=calib_samples, eval_data=eval_data, keep_float=keep_float,
+                            max_accuracy_drop=max_accuracy_drop, force=force,
+                            on_event=_progress_events(progress, {}))
+    _print_export(report, out, as_json)
 
 
-def _claim(out: Path, force: bool):
-    """Claim --out for the whole command (outdir.claim: checked, locked, debris swept); an interrupt names it."""
-    from .outdir import claim
-    STATE["out"] = out
-    return claim(out, force)
-
-
-def _keep_float(spec, text: str | None):
-    """--keep-float NAMES: module names or types, resolved like a recipe's quantize.layers (name > type)."""
-    from .compress.quantize import QuantOptions
-    from .recipe import resolve_layers
-    names = [n.strip() for n in (text or "").split(",") if n.strip()]
-    if not names:
-        return QuantOptions()
-    return QuantOptions(n for n, v in resolve_layers(spec.module, dict.fromkeys(names), "int8").items() if v is None)
-
-
-def _attach_data(opts, spec, calib: str | None, calib_samples: int, eval_ref: str | None) -> None:
-    """Load --calib and --eval now, so a bad data set is reported before any export starts."""
-    from .compress.run import eval_split
-    from .data import load_data
-    if calib:
-        opts.calib = load_data(calib, spec, "train" if calib == "digits" else "all").calibration(calib_samples)
-    if eval_ref:
-        opts.eval_data = eval_split(eval_ref, spec)
-
-
-def _run_and_print(spec, out: Path, opts, as_json: bool, extra: dict | None = None) -> None:
+def _export_bar(as_json: bool):
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=as_json, disable=as_json)
 
-    from .pipeline import run_export
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=as_json, disable=as_json) as progress:
-        report = run_export(spec, out, opts, _progress_events(progress, {}), extra=extra)
-    sens = report.get("sensitivity")
+
+def _print_export(report, out: Path, as_json: bool) -> None:
+    """The summary of an export (or compress) and its exit code: 0 when every artifact passed and the accuracy budget held."""
+    data = report.to_dict()
+    sens = data.get("sensitivity")
     if as_json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(data, indent=2))
     else:
         if sens:
             _print_sensitivity(sens)
-        console.print(_summary(report, f"{spec.name} -> {out}"))
-        for a in report["artifacts"]:
+        console.print(_summary(data, f"{report.name} -> {out}"))
+        for a in data["artifacts"]:
             if a.get("status") == "failed" and a.get("hint"):
                 console.print(f"[red]{a['key']}[/]: {escape(a['error'])}\n  hint: {escape(a['hint'])}")
-    raise typer.Exit(0 if _all_passed(report) and (sens or {}).get("met") is not False else 1)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def _print_sensitivity(sens: dict, top: int = 10) -> None:
@@ -239,34 +203,38 @@ def compress(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Distill → prune → quantize → export, with accuracy measured after each stage and in every runtime."""
-    from .model import task_name
+    from . import api
     rec = recipe_mod.load(recipe)
-    if task is not None:
-        task_name(task)
-    with _claim(out, force):
-        _compress(model, rec, out, data, eval_data, input, name, force, as_json, task)
+    STATE["out"] = out
+    training, on_progress = _training_progress()
+    export_bar = _export_bar(as_json)
+    export_events = _progress_events(export_bar, {})
+
+    def on_event(key: str, stage: str, info: dict):
+        if stage != "compressed":
+            return export_events(key, stage, info)
+        training.stop()                 # the stages are done: their tables, then the export's progress
+        if not as_json:
+            _print_stages(info["record"])
+        export_bar.start()
+
+    training.start()
+    try:
+        report = api.compress(model, rec, out, data=data, eval_data=eval_data, inputs=input, task=task, name=name,
+                              force=force, progress=on_progress, on_event=on_event)
+    finally:
+        training.stop()
+        export_bar.stop()
+    _print_export(report, out, as_json)
 
 
-def _compress(model, rec, out: Path, data, eval_data, input, name, force: bool, as_json: bool, task=None) -> None:
-    from .compress.run import compress_model, quant_options
-    from .model import load, parse_input
-    from .pipeline import ExportOptions
-    spec = load(model, [parse_input(t) for t in input], name=name, seed=rec.seed, task=task)
-    progress, on_progress = _training_progress()
-    with progress:
-        final, record, calib, eval_src = compress_model(spec, rec, data, eval_data, on_progress)
-    precisions = (["fp32"] if rec.export.fp32 else []) + ([rec.quantize.precision] if rec.quantize else [])
-    opts = ExportOptions(rec.export.formats, precisions or ["fp32"], force=force, eval_data=eval_src,
-                         calib=calib.calibration(rec.quantize.calib_samples) if (calib is not None and rec.quantize) else None,
-                         **quant_options(final, rec))
-    if not as_json:
-        console.print(_stages_table(record["stages"]))
-        if record.get("student"):
-            console.print(escape(f"student shipped: {record['student']['shipped']} ({record['student']['why']})"), soft_wrap=True)
-        for s in record["stages"]:
-            if s.get("shipped"):
-                console.print(_shipped_table(s))
-    _run_and_print(final, out, opts, as_json, extra={"compression": record})
+def _print_stages(record: dict) -> None:
+    console.print(_stages_table(record["stages"]))
+    if record.get("student"):
+        console.print(escape(f"student shipped: {record['student']['shipped']} ({record['student']['why']})"), soft_wrap=True)
+    for s in record["stages"]:
+        if s.get("shipped"):
+            console.print(_shipped_table(s))
 
 
 def _stages_table(stages: list[dict]) -> Table:
@@ -307,35 +275,24 @@ def sweep(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Sparsity-vs-accuracy curve: prune to each sparsity, fine-tune, measure; writes sweep.png and report.json."""
-    from .compress.prune import check_sparsity, sweep as run_sweep
-    from .compress.run import data_splits, eval_split
-    from .model import load, parse_input, task_name
-    from .sweep import write_sweep
+    from . import api
+    STATE["out"] = out
+    progress, on_progress = _training_progress()
+    held_out = {}
 
-    try:
-        sparsities = [check_sparsity(float(x)) for x in prune_.split(",") if x.strip()]
-    except ValueError:
-        raise EdgeshipError(f"--prune {prune_!r} is not a comma-separated list of numbers", hint="e.g. --prune 0,0.3,0.5,0.7") from None
-    if method not in ("structured", "unstructured"):
-        raise EdgeshipError(f"--method must be structured or unstructured, got {method!r}")
-    if task is not None:
-        task_name(task)
-    with _claim(out, force):
-        spec = load(model, [parse_input(t) for t in input], task=task)
-        train, val = data_splits(eval_data, spec)
-        test = eval_split(eval_data, spec)
-        progress, on_progress = _training_progress()
-        with progress:
-            if train_epochs:
-                from .compress.train import TrainConfig, train_classifier
-                train_classifier(spec.module, train, val, TrainConfig(epochs=train_epochs), progress=on_progress, stage="train")
-                spec.module.eval()
-            rows = run_sweep(spec, sparsities, train, val, finetune_epochs, method, eval_data=test, progress=on_progress)
-        result = write_sweep(out, spec, [r.as_dict() for r in rows], method, force)
+    def on_event(key: str, stage: str, info: dict):
+        if stage == "measured":
+            held_out.update(info)
+            progress.stop()
+    with progress:
+        report = api.sweep(model, out, eval_data=eval_data, prune=prune_, method=method, finetune_epochs=finetune_epochs,
+                           train_epochs=train_epochs, inputs=input, task=task, force=force, progress=on_progress,
+                           on_event=on_event)
+    result = report.to_dict()
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    t = Table(title=f"{spec.name}: {method} pruning sweep ({len(test)} held-out examples)")
+    t = Table(title=f"{report.name}: {method} pruning sweep ({held_out.get('held_out')} held-out examples)")
     for col in ("sparsity", "parameters", "MACs", "accuracy"):
         t.add_column(col)
     for r in result["sweep"]:
@@ -348,13 +305,13 @@ def sweep(
 def verify(folder: Path = typer.Argument(..., help="an export folder"),
            as_json: bool = typer.Option(False, "--json", help="print report.json")):
     """Re-run the parity checks of an existing export folder on its stored reference inputs and outputs."""
-    from .pipeline import verify_folder
-    report = verify_folder(folder)
+    from . import api
+    report = api.verify(folder)
     if as_json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
     else:
-        console.print(_summary(report, f"verify {folder}"))
-    raise typer.Exit(0 if _all_passed(report) else 1)
+        console.print(_summary(report.to_dict(), f"verify {folder}"))
+    raise typer.Exit(0 if report.passed else 1)
 
 
 @app.command()
@@ -396,9 +353,9 @@ def package(
 ):
     """Copy an export's artifacts, manifest and labels into android-demo, ios-demo, or a Raspberry Pi bundle.
     Only artifacts whose parity passed in report.json, unless --allow-failed."""
-    from .package import package as do_package
-    res = do_package(folder, app_name, dest=dest, app_root=app_root, formats=formats, precision=precision, force=force,
-                     allow_failed=allow_failed)
+    from . import api
+    res = api.package(folder, app_name, dest=dest, app_root=app_root, formats=formats, precisions=precision, force=force,
+                      allow_failed=allow_failed)
     if as_json:
         print(json.dumps(res.to_dict(), indent=2, default=str))
         return
@@ -519,22 +476,21 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="print the new bench entries as JSON"),
 ):
     """Benchmark every artifact of FOLDER on a device: latency percentiles, memory, energy; appended to report.json."""
-    from . import export as export_mod
+    from . import api
     from .bench.devices import parse_device
-    from .bench.harness import BenchOptions, bench_folder
+    from .results import bench_outcome
 
-    opts = BenchOptions(runs, warmup, _threads(threads), rounds, cooldown, affinity,
-                        export_mod.parse_formats(formats) if formats else None,
-                        [p.strip() for p in precision.split(",")] if precision else None, energy, power_cmd,
-                        via=via or ("tool" if tool else "python"), tools=tool or None, compare=compare,
-                        batch=_sizes("--batch", batch), seq=_sizes("--seq", seq))
+    threads_, batch_, seq_ = _threads(threads), _sizes("--batch", batch), _sizes("--seq", seq)
     dev = parse_device(device, ssh_config=ssh_config, python=python)
     with err_console.status(f"benchmarking on {dev.id}") as status:
         def on_event(key, stage, info):
             if stage == "run":
                 size = f", {info['size']}" if info.get("size") else ""
                 status.update(f"{key}: round {info['round']}, threads {info['threads'] or 'default'}{size} on {dev.id}")
-        entries = bench_folder(folder, dev, opts, on_event)
+        results = api.bench(folder, dev, runs=runs, warmup=warmup, threads=threads_, rounds=rounds, cooldown=cooldown,
+                            affinity=affinity, formats=formats, precisions=precision, energy=energy, power_cmd=power_cmd,
+                            via=via, tools=tool, compare=compare, batch=batch_, seq=seq_, on_event=on_event)
+    entries = [e.to_dict() for e in results]
     if as_json:
         print(json.dumps(entries, indent=2))
     else:
@@ -542,14 +498,15 @@ def bench(
         reasons = {(e.get("energy") or {}).get("reason") for e in entries if e["status"] == "ok"} - {None}
         for r in sorted(reasons):
             console.print(f"* energy not available: {escape(r)}")
-    if entries and all(e["status"] == "skipped" for e in entries):   # a run that measured nothing is not a success
+    outcome = bench_outcome(entries)
+    if outcome == "nothing":   # a run that measured nothing is not a success
         err_console.print(f"[red]error:[/] nothing was benchmarked on {escape(dev.id)}: every artifact was skipped")
         for e in entries:
             err_console.print(f"  {escape(e['artifact'])}: {escape(e.get('reason') or 'skipped')}")
         err_console.print("  [yellow]hint:[/] run `edgeship devices` to see what the device can run; install the "
                           "runtime there, or choose another --via / --formats")
         raise typer.Exit(1)
-    raise typer.Exit(0 if all(e["status"] in ("ok", "skipped") for e in entries) else 1)
+    raise typer.Exit(0 if outcome == "ok" else 1)
 
 
 def _bench_table(entries: list[dict], title: str) -> Table:
