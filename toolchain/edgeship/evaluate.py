@@ -1,7 +1,7 @@
 """Accuracy on a labelled eval set: PyTorch's predictions, and each artifact's in its own runtime beside them."""
 from __future__ import annotations
 
-import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,10 @@ def evaluate_artifact(path: Path, fmt: str, data, torch_pred: np.ndarray) -> dic
     y = data.y
     torch_acc = float(np.mean(torch_pred == y)) if y is not None else None
     base = {"examples": len(data), "torch_fp32": torch_acc}
-    if fmt == "coreml" and platform.system() != "Darwin":
-        return base | {"status": "not run", "reason": "needs macOS: Core ML prediction runs only there"}
+    from edgeship_runtime.formats import FORMATS
+    problem = FORMATS[fmt].platform_problem(sys.platform)   # Core ML predicts only on macOS: said, not failed
+    if problem:
+        return base | {"status": "not run", "reason": problem}
     from edgeship_runtime import RuntimeUnavailable, open_runtime
     try:
         rt = open_runtime(path)
