@@ -21,14 +21,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edgeship_runtime.formats import FORMATS
+
 from ._io import make_dir_like_mkdir
 from .errors import EdgeshipError
 
 log = logging.getLogger(__name__)
 
-# what edgeship writes at the top of an output folder: --force replaces a folder holding nothing else
-WRITTEN = frozenset({"manifest.json", "report.json", "report.html", "reference.npz", "labels.txt", "sweep.png",
-                     "onnx", "tflite", "executorch", "coreml", "torchscript"})
+# what edgeship writes at the top of an output folder besides one sub-folder per format (the format registry's keys):
+# --force replaces a folder holding nothing else
+WRITTEN = frozenset({"manifest.json", "report.json", "report.html", "reference.npz", "labels.txt", "sweep.png"})
 MARKERS = ("manifest.json", "report.json")
 _held: dict[str, int] = {}   # OUT -> nesting depth of claim() in this process (the CLI claims, run_export again)
 
@@ -52,7 +54,7 @@ def check_out(out: Path, force: bool) -> None:
     if not any((out / m).is_file() for m in MARKERS):
         raise EdgeshipError(f"{out} is not an edgeship output folder (no manifest.json); --force replaces only those",
                             hint="choose an empty or new --out folder")
-    foreign = [n for n in entries if n not in WRITTEN]
+    foreign = [n for n in entries if n not in WRITTEN and n not in FORMATS]
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise EdgeshipError(f"{out} holds files edgeship did not write ({shown}); --force would delete them, so nothing "

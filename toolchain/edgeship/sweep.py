@@ -40,7 +40,8 @@ def run_sweep(spec, sparsities: Sequence[float], eval_ref: str, method: str = "s
     test = eval_split(eval_ref, spec)
     if train_epochs:
         from .compress.train import TrainConfig, train_classifier
-        train_classifier(spec.module, train, val, TrainConfig(epochs=train_epochs), progress=progress, stage="train")
+        cfg = TrainConfig(epochs=train_epochs, lr=1e-3, patience=5)   # the sweep's own schedule, as before #14
+        train_classifier(spec.module, train, val, cfg, progress=progress, stage="train")
         spec.module.eval()
     rows = prune_sweep(spec, sparsities, train, val, finetune_epochs, method, eval_data=test, progress=progress)
     return [r.as_dict() for r in rows], len(test)
