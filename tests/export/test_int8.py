@@ -289,6 +289,9 @@ def test_choose_stops_at_the_first_round_that_meets_the_target_and_keeps_the_fas
     got = quantize.choose(_candidates([], {"a": (0, 35.0), "b": (0, 22.0)}), lambda m: m[1], target_db=20.0,
                           speed=lambda ms: [speed[m[0]] for m in ms])
     assert got.label == "a"      # b is faster but 13 dB less faithful: fidelity first
+    got = quantize.choose(_candidates([], {"a": (0, 25.0), "b": (0, 24.0)}), lambda m: m[1], target_db=20.0,
+                          speed=lambda ms: [{"a": 1.05, "b": 1.0}[m[0]] for m in ms])
+    assert got.label == "a"      # b is only 5% faster (timing noise, SPEED_TIE): the more faithful, run after run
 
 
 def test_choose_keeps_the_most_faithful_when_none_meets_the_target():

@@ -166,7 +166,7 @@ def _static_int8(litert_torch, spec: ModelSpec, calib, tmp: Path, keep=frozenset
     finally:
         shutil.rmtree(work, ignore_errors=True)
     kept = choice.label
-    notes += made_notes[kept] + [held_note]
+    notes += made_notes[kept] + ([] if held_note in made_notes[kept] else [held_note])   # PT2E notes it already
     if len(choice.tried) > 1:
         notes.append(choice_note(choice))
     if choice.sqnr_db < TARGET_DB:
