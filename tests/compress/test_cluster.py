@@ -102,6 +102,8 @@ def test_shared_centroids_keep_the_values_shared_while_training():
             opt.step()
             assert torch.unique(model.fc1.weight.detach()).numel() <= 16
     assert not any("parametrizations" in n for n, _ in model.named_parameters())
+    nn.functional.mse_loss(model(x), target).backward()      # plain weights again, gradients of their own shape
+    assert model.fc1.weight.grad.shape == model.fc1.weight.shape
     for name in ("conv.weight", "fc1.weight", "fc2.weight"):
         w = dict(model.named_parameters())[name]
         assert torch.unique(w.detach()).numel() <= 16

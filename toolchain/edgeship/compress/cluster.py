@@ -232,6 +232,9 @@ def shared_centroids(module: nn.Module, rows: Iterable[dict] | None = None, max_
     finally:
         for m, pname in done:
             parametrize.remove_parametrizations(m, pname, leave_parametrized=True)
+            # the parameter object is kept (set_ to the weight), and with it the centroids' gradient: drop it, or
+            # the next backward (or torch.export) fails on a gradient of the centroids' shape
+            getattr(m, pname).grad = None
 
 
 def finetune(module: nn.Module, train, val=None, config=None, *, rows: Iterable[dict] | None = None,
@@ -307,12 +310,14 @@ def _mil_program(mlmodel):
 
 # -- read back: the weights an exported file really holds ---------------------------------------------------
 def distinct_values(path: str | Path, min_dims: int = 2) -> dict[str, int]:
-    """Distinct values of each weight tensor (constant float or int8 tensor of at least ``min_dims`` dims: biases
-    and norms are 1-D) stored in an exported artifact, read back from the file: ONNX initializers, TFLite buffers,
+    """Distinct values of each weight tensor (constant float or int8 tensor with at least ``min_dims`` dimensions
+    longer than 1: biases, norms and per-channel PReLU slopes, however a converter reshapes them, are not weights
+    here; nor is a ``1 x n`` Linear weight) stored in an exported artifact, read back from the file: ONNX initializers, TFLite buffers,
     ExecuTorch constants (XNNPACK delegate data and portable constants), Core ML consts and palettized weights
     (decompressed by the constexpr op's own ``materialized_val_inference``; at most its LUT entries).
     ``max(distinct_values(p).values())`` is the most distinct values any weight tensor of the file holds."""
-    return {name: int(np.unique(a).size) for name, a in weight_tensors(path).items() if a.ndim >= min_dims}
+    return {name: int(np.unique(a).size) for name, a in weight_tensors(path).items()
+            if sum(d > 1 for d in a.shape) >= min_dims}
 
 
 def weight_tensors(path: str | Path) -> dict[str, np.ndarray]:
