@@ -252,7 +252,8 @@ def measure(net: Net, work: Path, rounds: int, log) -> list[dict]:
     from edgeship.compress.prune import count_macs, count_params
     from edgeship.compress.quantize import runtime_latency
     from edgeship.export import get_exporter
-    from edgeship.sizes import download_size, file_size
+    from edgeship._io import size_path as file_size
+    from edgeship.sizes import download_size
     from edgeship_runtime import open_runtime
 
     rows = []

@@ -13,7 +13,8 @@ from torch import nn
 from edgeship.compress.cluster import (cluster, cluster_tensor, distinct_values, finetune, kmeans_1d,
                                        shared_centroids)
 from edgeship.errors import EdgeshipError
-from edgeship.sizes import download_size, file_size
+from edgeship._io import size_path as file_size
+from edgeship.sizes import download_size
 
 
 class Net(nn.Module):

@@ -243,14 +243,15 @@ def _stages_table(stages: list[dict]) -> Table:
         t.add_column(col)
     for s in stages:
         notes = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items()
-                          if k not in ("stage", "parameters", "macs", "accuracy", "shipped"))
+                          if k not in ("stage", "parameters", "macs", "accuracy", "shipped", "layers"))
         acc = "—" if s["accuracy"] is None else f"{s['accuracy']:.2%}"
         t.add_row(s["stage"], f"{s['parameters']:,}", f"{s['macs']:,}", acc, escape(notes))
     return t
 
 
 def _shipped_table(stage: dict) -> Table:
-    """What a pruning stage changed in the fp32 files and their latency in each runtime (compress.run.shipped_change)."""
+    """What a stage changed in the fp32 files, their download and their latency in each runtime
+    (compress.stages.shipped_change)."""
     from .report import SHIPPED_COLUMNS, SHIPPED_TITLE, shipped_cells
     t = Table(title=f"{stage['stage']}: {SHIPPED_TITLE}")
     for col in SHIPPED_COLUMNS:

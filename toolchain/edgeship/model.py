@@ -241,6 +241,8 @@ class ModelSpec:
     output_names: tuple[str, ...] | None = None
     output_meaning: str = "logits"
     detection: Any = None        # edgeship.detect.DetectionSpec: how raw (pre-NMS) outputs decode; manifest "detection"
+    clustered_bits: int | None = None   # set by the cluster stage: each weight holds <= 2**bits values, which the
+    #                                    Core ML exporter keeps as the package's look-up tables (no re-clustering)
 
     def __post_init__(self):
         if self.detection is not None:

@@ -38,6 +38,7 @@ from .refdata import (REFERENCE_FILE, SizeCheck, check_finite_reference, check_f
                       load_reference, load_size_checks, load_verify_data, save_reference, size_feeds,
                       verification_feeds)
 from .results import ArtifactResult
+from .sizes import download_size
 from .verify import QUANTIZED
 
 __all__ = ["ExportOptions", "ArtifactResult", "Event", "run_export", "verify_folder", "export_artifact", "artifact_io",
@@ -208,7 +209,7 @@ def _one(spec, fmt, precision, staging, opts, np_feeds, refs, classifier, on_eve
     if exported.min_os:
         details["min_os"] = exported.min_os
     r = ArtifactResult(fmt, exported.precision, "ok", rel, size_path(exported.path), round(seconds, 2),
-                       notes=exported.notes, details=details)
+                       notes=exported.notes, details=details, download_bytes=download_size(exported.path))
     if opts.check_determinism:
         with tempfile.TemporaryDirectory() as again:
             second, _ = export_artifact(spec, fmt, precision, Path(again), opts.calib, opts.quant)

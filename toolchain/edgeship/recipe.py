@@ -7,13 +7,15 @@
     distill:  {student: file.py:factory | null, width: 0.5, temperature: 4, alpha: 0.5, epochs: 30,
                baseline: true, ship: auto}   # ship: auto (the better of distilled / no-teacher baseline) | distilled | baseline
     prune:    {method: structured, sparsity: 0.5, steps: 1, finetune_epochs: 10, layers: {classifier: null}}
+    lowrank:  {energy: 0.9, layers: {classifier: null, Linear: {rank_ratio: 0.25}}, finetune_epochs: 5, distill: true}
+    cluster:  {bits: 4, layers: {Conv2d: {bits: 6}}, finetune_epochs: 3}   # k-means weight sharing, 2^bits values
     quantize: {precision: int8, calib_samples: 128, layers: {Linear: null}}
     seed: 0                      # seeds every random source before the model factory runs (default 0)
     #   quantize.qat: {epochs: 3, lr: 1e-4, batch_size: 64, seed: 0}   # quantization-aware fine-tune (int8; needs data)
     export:   {formats: [onnx, tflite, executorch, coreml]}   # default: the format registry's default formats
 
-The sections train, distill, prune and quantize.qat are compression stages, run in that order. The same stages, in
-any order, with stages registered by other code (edgeship.compress.stages.register_stage), as a list::
+The sections train, distill, prune, lowrank, quantize.qat and cluster are compression stages, run in that order.
+The same stages, in any order, with stages registered by other code (edgeship.compress.stages.register_stage), as a list::
 
     stages:
       - train: {epochs: 30}
@@ -53,8 +55,8 @@ MAX_DEPTH = 64                 # collections nested deeper than this (recipes ne
 # set of defaults): train -> compress.train.TrainConfig, distill -> compress.distill.DistillConfig,
 # prune -> compress.prune.PruneConfig, quantize.qat -> compress.qat.QATConfig. They load when a recipe is parsed,
 # so importing this module stays free of torch.
-SECTION_STAGES = ("train", "distill", "prune")      # stages a recipe may give as a top-level section
-SECTION_ORDER = ("train", "distill", "prune", "qat")  # the order the section form runs them in
+SECTION_STAGES = ("train", "distill", "prune", "lowrank", "cluster")   # stages a recipe may give as a top-level section
+SECTION_ORDER = ("train", "distill", "prune", "lowrank", "qat", "cluster")   # the order the section form runs them in
 _ALIASES = {"TrainSection": "train", "DistillSection": "distill", "PruneSection": "prune", "QATSection": "qat"}
 
 
@@ -128,6 +130,8 @@ class Recipe:
     train: Any = field(default=None, metadata={"stage": "train"})       # TrainConfig
     distill: Any = field(default=None, metadata={"stage": "distill"})   # DistillConfig
     prune: Any = field(default=None, metadata={"stage": "prune"})       # PruneConfig
+    lowrank: Any = field(default=None, metadata={"stage": "lowrank"})   # LowRankConfig
+    cluster: Any = field(default=None, metadata={"stage": "cluster"})   # ClusterConfig
     quantize: QuantizeSection | None = None
     export: ExportSection = field(default_factory=ExportSection)
     name: str | None = None

@@ -221,17 +221,23 @@ def sensitivity_html(sens: dict | None) -> str:
             f"<th>kept in float</th></tr>{rows}</table>")
 
 
-SHIPPED_TITLE = "fp32 files before → after, latency in each runtime (1 thread, p50)"
-SHIPPED_COLUMNS = ("format", "file before", "file after", "× smaller", "p50 ms before", "p50 ms after", "× faster")
+SHIPPED_TITLE = "fp32 files before → after, their download (zip -9), latency in each runtime (1 thread, p50)"
+SHIPPED_COLUMNS = ("format", "file before", "file after", "× smaller", "download before", "download after",
+                   "× smaller download", "p50 ms before", "p50 ms after", "× faster")
 
 
 def shipped_cells(row: dict) -> list[str]:
-    """One row of a pruning stage's ``shipped`` list (compress.run.shipped_change) as the text of SHIPPED_COLUMNS:
-    the one formatting for the CLI table and report.html."""
+    """One row of a stage's ``shipped`` list (compress.stages.shipped_change) as the text of SHIPPED_COLUMNS:
+    the one formatting for the CLI table and report.html (reports made before download sizes show "—")."""
     if row.get("error"):
         return [row["format"], f"export failed: {row['error']}"] + [""] * (len(SHIPPED_COLUMNS) - 2)
     cells = [row["format"], _fmt_size(row["size_before"]), _fmt_size(row["size_after"]),
              f"{row['size_before'] / row['size_after']:.2f}×"]
+    if row.get("download_after"):
+        cells += [_fmt_size(row["download_before"]), _fmt_size(row["download_after"]),
+                  f"{row['download_before'] / row['download_after']:.2f}×"]
+    else:
+        cells += ["—", "—", "—"]
     if "p50_ms_before" in row:
         return cells + [f"{row['p50_ms_before']:.3f}", f"{row['p50_ms_after']:.3f}",
                         f"{row['p50_ms_before'] / row['p50_ms_after']:.2f}×"]
@@ -249,7 +255,8 @@ def render_html(report: dict) -> str:
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(a['key'])}</td><td>{e(a.get('status', ''))}</td><td>{e(a.get('path') or '—')}</td>"
-        f"<td>{_fmt_size(a.get('size_bytes'))}</td><td>{a.get('export_s') or '—'}</td>"
+        f"<td>{_fmt_size(a.get('size_bytes'))}</td><td>{_fmt_size(a.get('download_bytes'))}</td>"
+        f"<td>{a.get('export_s') or '—'}</td>"
         f"<td>{e(parity_text(a.get('parity')))}</td><td>{e(accuracy_text(a.get('accuracy')))}</td>"
         f"<td>{e(a.get('error') or '; '.join(a.get('notes', [])))}</td></tr>"
         for a in report.get("artifacts", []))
@@ -278,7 +285,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px;text-align:left}}th{
 <h1>edgeship report: {e(report.get('name', ''))}</h1>
 <p>created {e(report.get('created', ''))}; parameters {report.get('model', {}).get('parameters', '—')};
 parity on {report.get('verify', {}).get('samples', '—')} inputs ({e(str(report.get('verify', {}).get('inputs', '')))})</p>
-<h2>Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>file</th><th>size</th><th>export s</th><th>parity</th><th>accuracy (eval set, own runtime)</th><th>notes</th></tr>{rows}</table>
+<h2>Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>file</th><th>size</th><th>download (zip -9)</th><th>export s</th><th>parity</th><th>accuracy (eval set, own runtime)</th><th>notes</th></tr>{rows}</table>
 {stages_html}
 {sens_html}
 {bench_html}{imgs}<p style="color:#666;font-size:12px">tools: {e(tools)}</p></body></html>

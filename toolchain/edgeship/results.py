@@ -114,6 +114,7 @@ class ArtifactResult(_Record):
     size_bytes: int | None = None
     export_s: float | None = None
     parity: dict | None = None       # verify.Parity.to_dict(), with "sizes" for dynamic dimensions
+    download_bytes: int | None = None   # zip deflate 9 of the file (edgeship.sizes): what an app store/APK pays
     deterministic: bool | None = None
     accuracy: dict | None = None     # on the eval set, run in the artifact's own runtime
     notes: list[str] = field(default_factory=list)

@@ -1,4 +1,4 @@
-"""What an artifact costs to ship: its size on disk and its download size.
+"""What an artifact costs to download (its size on disk: edgeship._io.size_path).
 
 The download size is the artifact zipped with deflate at level 9, as an APK / app bundle or an app store stores its
 assets: weights with few distinct values (clustering) or many zeros compress far better than dense floats, while
@@ -12,14 +12,6 @@ import zipfile
 from pathlib import Path
 
 
-def file_size(path: str | Path) -> int:
-    """Bytes on disk: the file, or every file under a directory artifact."""
-    p = Path(path)
-    if p.is_dir():
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    return p.stat().st_size
-
-
 def download_size(path: str | Path, level: int = 9) -> int:
     """Bytes of ``path`` (a file, or a directory zipped recursively) in a zip archive, deflate at ``level``."""
     p = Path(path)
@@ -29,7 +21,6 @@ def download_size(path: str | Path, level: int = 9) -> int:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
         for f in files:
-            arc = f.relative_to(p.parent).as_posix()
-            info = zipfile.ZipInfo(arc, date_time=(1980, 1, 1, 0, 0, 0))   # fixed: the size does not depend on it
-            zf.writestr(info, f.read_bytes(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=level)
+            # streamed from disk; the header's date field has a fixed size, so mtimes do not change the figure
+            zf.write(f, f.relative_to(p.parent).as_posix(), compresslevel=level)
     return buf.tell()

@@ -31,6 +31,7 @@ import json
 import math
 import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -49,6 +50,29 @@ WEIGHTS: dict[type, tuple[str, ...]] = {nn.Linear: ("weight",), nn.Conv1d: ("wei
                                         nn.Conv3d: ("weight",), nn.ConvTranspose1d: ("weight",),
                                         nn.ConvTranspose2d: ("weight",), nn.Embedding: ("weight",),
                                         nn.MultiheadAttention: ("in_proj_weight",)}
+
+
+@dataclass
+class ClusterConfig:
+    """The recipe's ``cluster:`` stage (compress/stages.py): :func:`cluster` to ``2**bits`` values per weight (per
+    group of ``group_size`` output channels when given), then an optional fine-tune with the centroids shared.
+    ``layers`` overrides per layer name or type ({bits, group_size}, a bare number of bits, or null)."""
+
+    bits: int = 4
+    group_size: int | None = None
+    layers: dict[str, Any] = field(default_factory=dict)
+    finetune_epochs: int = 0             # 0: no fine-tune (and no data needed)
+    lr: float = 1e-4
+    batch_size: int = 64
+    patience: int | None = 5
+
+    def __post_init__(self):
+        default = _check_cluster_opts("cluster", {"bits": self.bits, "group_size": self.group_size})
+        for name, opts in self.layers.items():
+            if opts is not None:
+                _check_cluster_opts(f"cluster.layers.{name}", opts, default)
+        if self.finetune_epochs < 0:
+            raise EdgeshipError(f"cluster.finetune_epochs must be >= 0, got {self.finetune_epochs}")
 
 
 # -- k-means -----------------------------------------------------------------------------------------------
@@ -106,7 +130,8 @@ def cluster_tensor(w: torch.Tensor, bits: int, group_size: int | None = None, it
 # -- the stage ---------------------------------------------------------------------------------------------
 def cluster(module: nn.Module, bits: int = 4, layers: dict[str, Any] | None = None, *, group_size: int | None = None,
             iters: int = 50, init: str = "quantile") -> tuple[nn.Module, list[dict]]:
-    """k-means weight sharing on a copy of ``module`` (``module`` itself is untouched): each weight of every
+    """k-means weight sharing on a copy of ``module`` (``module`` itself is untouched; its convolutions' BatchNorms
+    folded in first: :func:`fold_batchnorm`): each weight of every
     Linear, Conv, ConvTranspose, Embedding and MultiheadAttention (in_proj_weight) ends up with at most
     ``2**bits`` distinct values (per group of ``group_size`` output channels when given).
 
@@ -120,7 +145,7 @@ def cluster(module: nn.Module, bits: int = 4, layers: dict[str, Any] | None = No
     from ..verify import sqnr_db
 
     default = _check_cluster_opts("global", {"bits": bits, "group_size": group_size})
-    out = copy.deepcopy(module)
+    out = fold_batchnorm(copy.deepcopy(module))
     per_layer = resolve_layers(out, dict(layers or {}), default)
     rows: list[dict] = []
     for name, m in out.named_modules():
@@ -152,6 +177,28 @@ def cluster(module: nn.Module, bits: int = 4, layers: dict[str, Any] | None = No
             row.update(distinct_after=int(torch.unique(w.detach()).numel()), clustered=True,
                        sqnr_db=round(sqnr_db(ref, w.detach().double().numpy()), 2))
     return out, rows
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold each eval-mode BatchNorm that follows a convolution in an ``nn.Sequential`` (or a Sequential ending in
+    one, as a low-rank pair) into that convolution (the BatchNorm becomes Identity), in place; exact in eval. Converters fold it anyway (Core ML, LiteRT, XNNPACK), and
+    a fold after clustering scales each output channel by its own factor, so a layer of 16 values would ship with up
+    to 16 x channels; folded first, the clustered values are the ones that ship."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    bns = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        keys = list(seq._modules)
+        for a, b in zip(keys, keys[1:]):
+            holder, key = seq, a   # a convolution, or the pair a low-rank stage made of one (its last conv)
+            while isinstance(holder._modules[key], nn.Sequential) and len(holder._modules[key]):
+                holder, key = holder._modules[key], list(holder._modules[key]._modules)[-1]
+            conv, bn = holder._modules[key], seq._modules[b]
+            if isinstance(conv, convs) and isinstance(bn, bns) and bn.track_running_stats and not bn.training:
+                holder._modules[key] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[b] = nn.Identity()
+    return module
 
 
 def _weight_names(m: nn.Module) -> tuple[str, ...]:

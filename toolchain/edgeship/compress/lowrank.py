@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +36,39 @@ LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _WEIGHT_READERS = (nn.MultiheadAttention,)
 # Parents whose inference fast path reads linear1/linear2.weight unless a hook is attached (see _keep_slow_path).
 _FAST_PATH = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+@dataclass
+class LowRankConfig:
+    """The recipe's ``lowrank:`` stage (compress/stages.py): :func:`factorize`, then an optional fine-tune (with
+    distillation from the unfactorized model when ``distill`` is set). ``energy`` is the default when neither
+    global option is given; ``layers`` overrides per layer name or type ({energy|rank_ratio|rank: x} or null)."""
+
+    energy: float | None = None          # keep this fraction of each layer's squared singular values (default 0.9)
+    rank_ratio: float | None = None      # or this fraction of each layer's full rank
+    layers: dict[str, Any] = field(default_factory=dict)
+    finetune_epochs: int = 0             # 0: no fine-tune (and no data needed)
+    lr: float = 5e-4
+    batch_size: int = 64
+    patience: int | None = 5
+    distill: bool = False                # fine-tune against the unfactorized model's outputs (soft targets)
+    temperature: float = 4.0             # ... with these distillation settings
+    alpha: float = 0.5
+
+    def __post_init__(self):
+        if self.energy is not None and self.rank_ratio is not None:
+            raise EdgeshipError("lowrank: give energy or rank_ratio, not both",
+                                hint="energy: 0.9 keeps 90% of each layer's energy; rank_ratio: 0.25 a quarter of its rank")
+        if self.energy is None and self.rank_ratio is None and not self.layers:
+            self.energy = 0.9
+        for what, v in (("energy", self.energy), ("rank_ratio", self.rank_ratio)):
+            if v is not None:
+                _check_fraction(f"lowrank.{what}", v)
+        for name, opts in self.layers.items():
+            if opts is not None:
+                _check_opts(f"lowrank.layers.{name}", opts)
+        if self.finetune_epochs < 0:
+            raise EdgeshipError(f"lowrank.finetune_epochs must be >= 0, got {self.finetune_epochs}")
 
 
 def singular_values(layer: nn.Module) -> torch.Tensor:

@@ -28,7 +28,7 @@ import importlib
 import logging
 import statistics
 import tempfile
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -36,7 +36,9 @@ from ..data import DataSource
 from ..errors import EdgeshipError
 from ..model import ModelSpec, load as load_model
 from ..recipe import Recipe, resolve_layers
+from .cluster import ClusterConfig
 from .distill import DistillConfig
+from .lowrank import LowRankConfig
 from .prune import PruneConfig
 from .qat import QATConfig
 from .train import ProgressFn, TrainConfig, eval_nll, evaluate, train_classifier
@@ -48,6 +50,8 @@ STAGES: dict[str, str | type] = {
     "distill": "edgeship.compress.stages:DistillStage",
     "prune": "edgeship.compress.stages:PruneStage",
     "qat": "edgeship.compress.stages:QATStage",
+    "lowrank": "edgeship.compress.stages:LowRankStage",
+    "cluster": "edgeship.compress.stages:ClusterStage",
 }
 _BUILTIN = frozenset(STAGES)
 
@@ -237,14 +241,16 @@ class PruneStage(Stage):
 
 def shipped_change(before: ModelSpec, after: ModelSpec, formats, *, runs: int = 100, warmup: int = 10,
                    rounds: int = 3) -> list[dict]:
-    """What pruning changed in what ships: per format, the fp32 file of the model ``before`` and ``after`` pruning
-    (exported to a scratch folder; the shipped files come from the same exporters) and their latency in the format's
-    own runtime on this host: 1 thread, ``rounds`` alternating rounds of ``runs`` timed inferences, the median
-    round's p50. A runtime that cannot run here is said, not skipped silently."""
+    """What a stage changed in what ships: per format, the fp32 file of the model ``before`` and ``after`` it
+    (exported to a scratch folder; the shipped files come from the same exporters), their sizes and download sizes
+    (zip deflate 9: what an app store or an APK pays) and their latency in the format's own runtime on this host:
+    1 thread, ``rounds`` alternating rounds of ``runs`` timed inferences, the median round's p50. A runtime that
+    cannot run here is said, not skipped silently."""
     from edgeship_runtime import RuntimeUnavailable
     from edgeship_runtime.bench import bench
 
     from .._io import captured_output, size_path
+    from ..sizes import download_size
     from ..export import get_exporter
     from ..pipeline import export_artifact
     rows = []
@@ -259,7 +265,8 @@ def shipped_change(before: ModelSpec, after: ModelSpec, formats, *, runs: int = 
             except EdgeshipError as e:   # a format the model does not export to: the main export reports why
                 rows.append(row | {"error": e.message})
                 continue
-            row |= {"size_before": size_path(paths["before"]), "size_after": size_path(paths["after"])}
+            row |= {"size_before": size_path(paths["before"]), "size_after": size_path(paths["after"]),
+                    "download_before": download_size(paths["before"]), "download_after": download_size(paths["after"])}
             p50: dict[str, list[float]] = {"before": [], "after": []}
             try:
                 with captured_output():   # runtimes print to fd 1/2 (XNNPACK delegate, cpuinfo)
@@ -304,6 +311,75 @@ class QATStage(Stage):
                                  ptq_after_qat_accuracy=res.ptq_after_qat_accuracy, epochs_run=res.fit.epochs_run,
                                  lr=cfg.lr, note="the fine-tuned float weights go on to every format's own int8 "
                                                  "quantizer; qat/ptq accuracies are the int8 graphs in PyTorch")
+
+
+def _finetune_config(cfg) -> TrainConfig:
+    """The fine-tune after a lowrank or cluster stage: its epochs, lr, batch size and patience."""
+    return TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience)
+
+
+class LowRankStage(Stage):
+    """Truncated SVD of Linear and convolution weights (compress/lowrank.py): each factorized layer becomes two
+    thin ones under its own name, so every format exports it and files and MACs really shrink; then an optional
+    fine-tune, against the unfactorized model's outputs when ``distill`` is set. The row gives the layers
+    factorized, the parameters of the candidate layers before and after, and what changed in what ships."""
+
+    key, Config = "lowrank", LowRankConfig
+    renames_layers = True           # fc -> fc.0, fc.1
+
+    def wants_data(self, cfg) -> bool:
+        return bool(cfg.finetune_epochs)
+
+    def apply(self, current, cfg, ctx):
+        from .lowrank import factorize, summary
+        module, layers = factorize(current.module, energy=cfg.energy, rank_ratio=cfg.rank_ratio, layers=cfg.layers)
+        made = current.with_module(module.eval())
+        tuned = None
+        if cfg.finetune_epochs and ctx.train is not None:
+            if cfg.distill:
+                from .distill import distill
+                dcfg = DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, epochs=cfg.finetune_epochs,
+                                     lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience, baseline=False)
+                made = distill(current, made, ctx.train, ctx.val, dcfg, progress=ctx.progress).spec
+                tuned = "distilled from the unfactorized model"
+            else:
+                train_classifier(made.module, ctx.train, ctx.val, _finetune_config(cfg), progress=ctx.progress,
+                                 stage="lowrank-finetune")
+                made = made.with_module(made.module.eval())
+                tuned = "cross-entropy on the labels"
+        total = summary(layers)
+        return made, ctx.row("lowrank", made, layers_factorized=total["factorized"], layer_params_before=total["params_before"],
+                             layer_params_after=total["params_after"], finetune=tuned,
+                             layers=[{k: r[k] for k in ("name", "shape", "rank", "full_rank", "energy_kept", "reason")}
+                                     for r in layers],
+                             shipped=shipped_change(current, made, ctx.recipe.export.formats))
+
+
+class ClusterStage(Stage):
+    """k-means weight sharing (compress/cluster.py): each weight holds at most 2^bits distinct values; then an
+    optional fine-tune with the centroids shared. Core ML stores such weights as their own look-up table (the
+    exporter palettizes with the clustered values); every other format stores floats that compress far better, so
+    the row's ``shipped`` gives each format's file and download size (zip deflate 9) before and after."""
+
+    key, Config = "cluster", ClusterConfig
+
+    def wants_data(self, cfg) -> bool:
+        return bool(cfg.finetune_epochs)
+
+    def apply(self, current, cfg, ctx):
+        from .cluster import cluster, finetune
+        module, rows = cluster(current.module, bits=cfg.bits, layers=cfg.layers, group_size=cfg.group_size)
+        tuned = None
+        if cfg.finetune_epochs and ctx.train is not None:
+            finetune(module, ctx.train, ctx.val, _finetune_config(cfg), rows=rows, progress=ctx.progress)
+            tuned = "centroids trained, assignments fixed"
+        made = replace(current, module=module.eval(), clustered_bits=max(
+            (r["bits"] for r in rows if r["clustered"]), default=None))
+        done = [r for r in rows if r["clustered"]]
+        return made, ctx.row("cluster", made, bits=cfg.bits, weights_clustered=len(done),
+                             max_distinct=max((r["distinct_after"] for r in done), default=None),
+                             min_weight_sqnr_db=min((r["sqnr_db"] for r in done), default=None), finetune=tuned,
+                             shipped=shipped_change(current, made, ctx.recipe.export.formats))
 
 
 def config_of(key: str) -> type:

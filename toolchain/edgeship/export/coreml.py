@@ -91,6 +91,11 @@ class CoreMLExporter:
             details |= layer_details(layers, precision)
             if keep:
                 notes += layers_note(keep, layers)
+        elif spec.clustered_bits:   # the cluster stage's values become the package's look-up tables, as they are
+            from ..compress.cluster import palettize_unique
+            mlmodel, cnotes, cdetails = palettize_unique(mlmodel)   # lossless: the weights hold these values
+            notes += cnotes
+            details |= cdetails
         mlmodel.short_description = f"{spec.name} exported by edgeship"
         tmp = path.with_name(f".tmp-{path.name}")  # coremltools insists on the .mlpackage suffix
         if tmp.exists():
