@@ -11,7 +11,9 @@ TEST_NODEPS := facenet-pytorch==2.6.0
 REAL_NODEPS := $(TEST_NODEPS) onnx2torch==1.5.15 torchcrepe==0.0.24 resemblyzer==0.1.4
 REAL_STAMP := $(VENV)/.edgeship-real-installed
 
-.PHONY: setup real-setup demo test test-fast bench bench-distill fidelity architectures clean
+WEB_STAMP := web-demo/vendor/versions.json
+
+.PHONY: setup real-setup web-setup demo test test-fast bench bench-distill fidelity architectures bench-browser clean
 
 setup: $(STAMP)
 
@@ -34,7 +36,17 @@ $(REAL_STAMP): $(STAMP)
 demo: setup
 	$(BIN)/python -m edgeship.demo
 
-test: setup
+# The web page's runtimes (onnxruntime-web, LiteRT.js) from web-demo/package-lock.json into web-demo/vendor/;
+# tests/web and --device browser need them (and Chromium: scripts/install-system-deps.sh). Without npm: a note,
+# and the browser tests skip (fail under EDGESHIP_REQUIRE_SYSTEM_TOOLS=1).
+web-setup: $(WEB_STAMP)
+
+$(WEB_STAMP): web-demo/package-lock.json web-demo/scripts/vendor.mjs
+	@if command -v npm >/dev/null; then \
+	  cd web-demo && npm ci --no-audit --no-fund --ignore-scripts && node scripts/vendor.mjs; \
+	else echo "note: npm is not installed: web-demo/vendor/ is not built (apt-get install -y npm; make web-setup)"; fi
+
+test: setup web-setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 test-fast: setup
@@ -53,6 +65,10 @@ fidelity: real-setup
 # Hugging Face architectures (ResNet ... Wav2Vec2, small configs) in every format at fp32 and fp16: bench/architectures.md
 architectures: setup
 	$(BIN)/python bench/architectures.py
+
+# the same models in the browser (wasm, 1 and 2 threads) against native onnxruntime and LiteRT: bench/browser.md
+bench-browser: setup web-setup
+	$(BIN)/python bench/browser.py
 
 clean:
 	rm -rf dist .pytest_cache

@@ -14,6 +14,8 @@ declare -A PKG=(
   [adb]=adb
   [kotlinc]=kotlin                      # compiles and tests android-demo's pure-Kotlin core
   [/usr/share/java/junit4.jar]=junit4
+  [chromium]=chromium                   # --device browser: headless Chromium runs web-demo/ (tests/web)
+  [npm]=npm                             # make web-setup: npm ci in web-demo/ (onnxruntime-web, LiteRT.js)
 )
 
 missing=()
@@ -26,7 +28,7 @@ for bin in "${!PKG[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "install-system-deps: openssh-server, openssh-client, adb, kotlin and junit4 are already installed"
+  echo "install-system-deps: openssh-server, openssh-client, adb, kotlin, junit4, chromium and npm are already installed"
   exit 0
 fi
 

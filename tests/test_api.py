@@ -33,7 +33,7 @@ SURFACE = {
               ("precisions", KW, None), ("energy", KW, "auto"), ("power_cmd", KW, None), ("via", KW, None),
               ("tools", KW, None), ("compare", KW, None), ("batch", KW, None), ("seq", KW, None),
               ("ssh_config", KW, None), ("python", KW, None), ("on_event", KW, None)],
-    "verify": [("folder", PK, R), ("on_event", KW, None)],
+    "verify": [("folder", PK, R), ("on_event", KW, None), ("device", KW, None)],
     "package": [("folder", PK, R), ("app", PK, R), ("dest", KW, None), ("app_root", KW, None), ("formats", KW, None),
                 ("precisions", KW, None), ("force", KW, False), ("allow_failed", KW, False)],
 }

@@ -48,7 +48,7 @@ def test_the_app_capability():
     with pytest.raises(EdgeshipError, match="needs an adb device"):
         DemoApp().check(LocalDevice())
     DemoApp().check(AdbDevice("SERIAL"))
-    assert set(METHODS) == {"python", "tool", "app"}
+    assert set(METHODS) == {"python", "tool", "app", "browser"}      # browser: the web page (--device browser)
 
 
 def test_ios_is_a_documented_stub():

@@ -139,9 +139,22 @@ def bench(folder: str | Path, device="local", *, runs: int = 100, warmup: int = 
     return [BenchEntry.from_dict(e) for e in bench_folder(Path(folder), dev, opts, on_event)]
 
 
-def verify(folder: str | Path, *, on_event: Event | None = None) -> Report:
+def verify(folder: str | Path, *, on_event: Event | None = None, device=None) -> Report:
     """Re-run the parity checks of an export folder on its stored reference inputs and outputs (reference.npz), after
-    checking every artifact's sha256 against manifest.json; report.json is updated in place and returned."""
+    checking every artifact's sha256 against manifest.json; report.json is updated in place and returned.
+
+    ``device`` (``"browser"`` or a Device from ``parse_device``): run them there instead of in this host's runtimes;
+    each artifact's result is ``parity["devices"][device.id]`` (the host's parity is kept; formats the device cannot
+    run are left as they were)."""
+    if device is not None:
+        from .bench.browser_bench import verify_on_device
+        from .bench.devices import parse_device
+        dev = parse_device(device) if isinstance(device, str) else device
+        try:
+            return Report.from_dict(verify_on_device(Path(folder), dev, on_event))
+        finally:
+            if isinstance(device, str):
+                dev.cleanup()
     from .pipeline import verify_folder
     return Report.from_dict(verify_folder(Path(folder), on_event))
 

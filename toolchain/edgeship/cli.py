@@ -304,15 +304,46 @@ def sweep(
 
 @app.command()
 def verify(folder: Path = typer.Argument(..., help="an export folder"),
+           device: Optional[str] = typer.Option(None, "--device", help="run the artifacts there instead of on this "
+                                                "host: browser[:chromium|:PATH] (onnxruntime-web, LiteRT.js)"),
            as_json: bool = typer.Option(False, "--json", help="print report.json")):
     """Re-run the parity checks of an existing export folder on its stored reference inputs and outputs."""
     from . import api
-    report = api.verify(folder)
+    if device is None:
+        report = api.verify(folder)
+    else:
+        skipped: dict[str, str] = {}
+        report = api.verify(folder, device=device, on_event=lambda k, e, p: e == "skipped" and skipped.update({k: p["reason"]}))
+    if device is not None:
+        from .bench.browser_bench import device_parities
+        p_id = _device_id(device)
+        rows = device_parities(report.to_dict(), p_id)
+        ok = bool(rows) and all(p["status"] in ("pass", "not run") for p in rows.values())
+        if as_json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            t = Table(title=f"verify {folder} on {p_id}")
+            for col in ("artifact", "parity", "metric", "runtime", "reason"):
+                t.add_column(col)
+            for k, p in rows.items():
+                val = "—" if p.get("value") is None else f"{p['value']:.6g}"
+                colour = "green" if p["status"] == "pass" else "red"
+                t.add_row(k, f"[{colour}]{p['status']}[/]", f"{p['metric']} {val} (≥ {p['threshold']:g})",
+                          escape(f"{p.get('runtime') or '—'} {p.get('runtime_version') or ''}"), escape(p.get("reason") or ""))
+            for k, why in skipped.items():
+                t.add_row(k, "[yellow]skipped[/]", "—", "—", escape(why))
+            console.print(t)
+        raise typer.Exit(0 if ok else 1)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         console.print(_summary(report.to_dict(), f"verify {folder}"))
     raise typer.Exit(0 if report.passed else 1)
+
+
+def _device_id(text: str) -> str:
+    from .bench.devices import parse_device
+    return parse_device(text).id
 
 
 @app.command()
@@ -337,6 +368,11 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
                       soft_wrap=True)
     elif tv:
         console.print(f"torchvision {escape(tv['version'])}: matches torch {escape(rows['torch'])}")
+    b = rows["browser"]
+    runs = ", ".join(f"{k} ({v})" for k, v in b["runs"].items()) or "nothing"
+    console.print(f"{b['device']}: {escape(b['chromium'] or 'no Chromium')}, runs {escape(runs)}"
+                  + "".join(f"\n  [yellow]{escape(p)}[/]" for p in b["problems"])
+                  + "".join(f"\n  {k}: {escape(why)}" for k, why in b["cannot_run"].items()), soft_wrap=True)
 
 
 @app.command()

@@ -83,4 +83,16 @@ def diagnose() -> dict:
         rows.append({"format": fmt, "export": ok, "export_reason": reason, "run": run_ok, "run_reason": run_reason,
                      "versions": versions or "—"})
     return {"formats": rows, "python": platform.python_version(), "platform": platform.platform(),
-            "torch": _version("torch"), "torchvision": check_torchvision()}
+            "torch": _version("torch"), "torchvision": check_torchvision(), "browser": browser_status()}
+
+
+def browser_status() -> dict:
+    """The browser device (--device browser): Chromium, Playwright, the page's web runtimes, what it runs and why not."""
+    from .bench.devices.browser import BrowserDevice, playwright_problem
+    dev = BrowserDevice.from_spec("browser")
+    info = dev.info()
+    problems = [p for p in (None if dev.executable else "no Chromium: apt-get install -y chromium",
+                            playwright_problem()) if p]
+    return {"device": dev.id, "chromium": info.extra.get("browser"), "executable": dev.executable,
+            "ok": not problems and any(info.runtimes.values()), "problems": problems,
+            "runs": {k: v for k, v in info.runtimes.items() if v}, "cannot_run": info.missing}

@@ -13,6 +13,7 @@ Targets (``APPS``; which formats each runs, best first, is ``apps`` in edgeship_
   android  android-demo/app/src/main/assets/model/   .tflite .pte .onnx   (the app reads assets/model/manifest.json)
   ios      ios-demo/EdgeshipDemo/Model/               .mlpackage            (Xcode compiles it at build time)
   pi       <dest>/ + <dest>.tar.gz                    .onnx .tflite .pte + edgeship_runtime + raspberrypi/ scripts
+  web      web-demo/model/                            .onnx .tflite   (the page reads model/manifest.json)
 """
 from __future__ import annotations
 
@@ -65,7 +66,9 @@ APPS: dict[str, AppTarget] = {
                          what="the Android demo (android-demo)"),
     "ios": AppTarget("ios", "ios-demo", "EdgeshipDemo/Model", flatten=True, what="the iOS demo (ios-demo)"),
     "pi": AppTarget("pi", "raspberrypi", None, flatten=False, what="the Raspberry Pi bundle"),
+    "web": AppTarget("web", "web-demo", "model", flatten=False, what="the web demo (web-demo)"),
 }
+WEB_MARKER = "edgeship-web-demo"              # <meta name="generator"> in web-demo/index.html
 
 
 @dataclass
@@ -162,7 +165,7 @@ def package(export_dir: Path, app: str, *, dest: Path | None = None, app_root: P
 
 def _target(app: str) -> AppTarget:
     key = (app or "").strip().lower()
-    aliases = {"raspberrypi": "pi", "rpi": "pi", "iphone": "ios"}
+    aliases = {"raspberrypi": "pi", "rpi": "pi", "iphone": "ios", "browser": "web"}
     key = aliases.get(key, key)
     if key not in APPS:
         raise EdgeshipError(f"unknown app {app!r}", hint=f"use one of: {', '.join(APPS)}")
@@ -302,6 +305,10 @@ def _check_app_root(target: AppTarget, root: Path | None) -> Path:
         if ANDROID_MARKER not in text:
             raise EdgeshipError(f"{root} is not the edgeship Android demo: no settings.gradle(.kts) naming "
                                 f"{ANDROID_MARKER!r}", hint=hint)
+    elif target.name == "web":
+        index = root / "index.html"
+        if not index.is_file() or WEB_MARKER not in index.read_text(errors="replace"):
+            raise EdgeshipError(f"{root} is not the edgeship web demo: no index.html naming {WEB_MARKER!r}", hint=hint)
     elif target.name == "ios":
         pbx = root / IOS_PROJECT / "project.pbxproj"
         if not pbx.is_file():

@@ -10,6 +10,7 @@ affinity and thread count; results whose coefficient of variation exceeds CV_FLA
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -214,6 +215,8 @@ def bench_folder(folder: Path, device: Device, opts: BenchOptions, on_event: Eve
     measured by its :class:`~edgeship.bench.methods.BenchMethod` (``opts.via``)."""
     on_event = on_event or (lambda *a: None)
     folder = Path(folder)
+    if opts.via == "python" and getattr(device, "bench_via", None):   # a device without python (a browser): its own way
+        opts = dataclasses.replace(opts, via=device.bench_via)
     manifest = manifest_mod.load(folder)
     report = report_mod.load(folder)
     arts = select_artifacts(manifest, opts)

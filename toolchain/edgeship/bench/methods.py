@@ -201,7 +201,9 @@ class DemoApp:
         return job
 
 
-METHODS: dict[str, type] = {m.key: m for m in (PythonRunner, NativeTool, DemoApp)}
+from .browser_bench import BrowserPage  # noqa: E402 - it uses remote_path above; the web page (--device browser)
+
+METHODS: dict[str, type] = {m.key: m for m in (PythonRunner, NativeTool, DemoApp, BrowserPage)}
 
 
 def methods_for(arts: Sequence[dict], opts: "BenchOptions") -> dict[str, BenchMethod]:

@@ -25,6 +25,7 @@ _BUILTIN: dict[str, str] = {          # the order of `edgeship devices` and of t
     "adb": "edgeship.bench.devices.adb:AdbDevice",
     "ssh": "edgeship.bench.devices.ssh:SshDevice",
     "ios": "edgeship.bench.devices.ios:IosDevice",      # a stub that says what it needs (macOS, xcrun devicectl)
+    "browser": "edgeship.bench.devices.browser:BrowserDevice",   # headless Chromium: onnxruntime-web, LiteRT.js
 }
 DEVICES: dict[str, DeviceClass] = dict(_BUILTIN)
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
