@@ -1,6 +1,6 @@
 """Low-rank factorization and weight clustering, judged on what ships: issue #16's targets, measured.
 
-    python bench/lowrank_cluster.py [--models onet,encoder] [--out bench/lowrank_cluster.md] [--rounds 5]
+    python bench/lowrank_cluster.py [--models onet,encoder] [--out bench/lowrank_cluster.md] [--rounds 25]
 
 Two networks:
 
@@ -17,7 +17,12 @@ Variants per network: fp32; low-rank (compress.lowrank.factorize) without and wi
 clustering (compress.cluster.cluster) without and with a fine-tune with shared centroids (compress.cluster.finetune);
 low-rank + fine-tune then clustered + fine-tune. Each is exported to .onnx, .tflite and .pte (fp32, the edgeship
 exporters) and the clustered ones also to a palettized Core ML package (compress.cluster.palettize_unique, the LUT
-from the clustered values). Measured: parameters, MACs (Torch-Pruning's counter), file sizes, download size (zip
+from the clustered values). Clustering folds each LayerNorm's gain and bias into the Linears that read it first
+(compress.cluster.fold_layernorm, given the example inputs), so LiteRT's converter has no gain left to fold into
+the clustered weights. Then int8: the fp32 model and the clustered + fine-tuned one exported at static int8 to
+.onnx, .tflite and .pte (each exporter's own quantizer, calibrated on the network's calibration data: O-Net the
+100 LFW "calib" crops, the encoder 100 digits train images), their int8 weights read back per tensor and per
+output channel. Measured: parameters, MACs (Torch-Pruning's counter), file sizes, download size (zip
 deflate 9, edgeship.sizes), the most distinct values of any weight tensor read back from each file, latency at 1
 thread in onnxruntime, LiteRT and ExecuTorch (quantize.runtime_latency: all files of a network in alternating
 rounds), and the quality in each runtime on the real inputs. Writes bench/lowrank_cluster.md (--json: every figure).
@@ -95,6 +100,7 @@ class Net:
     quality: callable                  # (list of per-sample output lists) -> dict of metrics
     finetune: callable                 # (module, kind, rows) -> None, in place
     lowrank: dict                      # factorize() keyword arguments
+    calib: list = dataclasses.field(default_factory=list)   # int8 calibration inputs (input tuples, batch 1)
     note: str = ""
 
 
@@ -133,7 +139,8 @@ def onet_net(n_eval: int = 100) -> Net:
     labels = np.array([s.label for s in samples])
     eval_x = [s.arrays for s in samples]
     ref = torch_outputs(module, eval_x)
-    calib = np.concatenate([x[0] for x in R.real_inputs("mtcnn_onet", 100, "calib")])
+    calib_x = R.real_inputs("mtcnn_onet", 100, "calib")
+    calib = np.concatenate([x[0] for x in calib_x])
 
     def quality(outs):
         cos = _cosines(outs, ref)
@@ -159,7 +166,7 @@ def onet_net(n_eval: int = 100) -> Net:
         else:
             fit(model, data, None, step_loss=distil, stage="lowrank-finetune", **kw)
 
-    return Net("onet", spec, eval_x, quality, finetune, {"energy": 0.9},
+    return Net("onet", spec, eval_x, quality, finetune, {"energy": 0.9}, calib=calib_x,
                note=f"MTCNN O-Net (facenet-pytorch 2.6.0 weights), {n_eval} LFW-subset eval crops; fine-tune: distil "
                     "the original's outputs on 100 other LFW crops, 40 epochs, Adam 2e-4")
 
@@ -198,8 +205,9 @@ def encoder_net() -> Net:
             train_classifier(model, data["train"], data["val"], cfg, stage="lowrank-finetune")
 
     acc = evaluate(module, test)
+    calib_x = [(data["train"].xs[0][i:i + 1],) for i in range(100)]
     return Net("encoder", spec, eval_x, quality, finetune, {"rank_ratio": 0.25, "layers": {"embed": None, "head": None}},
-               note=f"transformer encoder built in code (3 blocks, dim 192, FFN 768, 16 tokens; {sum(p.numel() for p in module.parameters()):,} "
+               calib=calib_x, note=f"transformer encoder built in code (3 blocks, dim 192, FFN 768, 16 tokens; {sum(p.numel() for p in module.parameters()):,} "
                     f"parameters), trained here on the digits train split in {trained_s:.0f} s to {acc:.3f} test accuracy; "
                     f"{len(test)} digits test images; fine-tune: cross-entropy on the train split (best val epoch kept), low-rank 15 epochs "
                     "at Adam 5e-4, clustered 6 epochs at 2e-4")
@@ -209,11 +217,13 @@ NETS = {"onet": onet_net, "encoder": encoder_net}
 
 
 # -- one network: variants, exports, measures ---------------------------------------------------------------------
-def variants(net: Net, log) -> list[tuple[str, nn.Module, list | None]]:
+def variants(net: Net, log) -> list[tuple[str, nn.Module, list | None, str]]:
+    """(label, module, cluster rows or None, precision exported)."""
     from edgeship.compress.cluster import cluster
     from edgeship.compress.lowrank import factorize, summary
 
     base = net.spec.module.eval()
+    example = net.spec.example_inputs()
     out = [("fp32", base, None)]
     t = time.perf_counter()
     low, lrows = factorize(base, **net.lowrank)
@@ -227,8 +237,9 @@ def variants(net: Net, log) -> list[tuple[str, nn.Module, list | None]]:
     log(f"  low-rank fine-tune {time.perf_counter() - t:.1f} s")
     out.append((f"low-rank {_opt(net.lowrank)} + ft", low_ft, None))
     t = time.perf_counter()
-    clu, crows = cluster(base, bits=4)
-    log(f"  cluster 4 bits: {sum(r['clustered'] for r in crows)} weights, SQNR "
+    clu, crows = cluster(base, bits=4, example_args=example)
+    log(f"  cluster 4 bits: {sum(r['clustered'] for r in crows)} weights ({sum(r['folded_norm'] is not None for r in crows)} "
+        f"with a LayerNorm folded in), SQNR "
         f"{min(r['sqnr_db'] for r in crows if r['clustered']):.1f}..{max(r['sqnr_db'] for r in crows if r['clustered']):.1f} dB "
         f"({time.perf_counter() - t:.1f} s)")
     out.append(("cluster 4-bit", clu, crows))
@@ -237,10 +248,12 @@ def variants(net: Net, log) -> list[tuple[str, nn.Module, list | None]]:
     net.finetune(clu_ft, "cluster", crows)
     log(f"  cluster fine-tune {time.perf_counter() - t:.1f} s")
     out.append(("cluster 4-bit + ft", clu_ft, crows))
-    both, brows = cluster(low_ft, bits=4)
+    both, brows = cluster(low_ft, bits=4, example_args=example)
     net.finetune(both, "cluster", brows)
     out.append((f"low-rank + ft, cluster 4-bit + ft", both, brows))
-    return out
+    out = [(label, m, rows, "fp32") for label, m, rows in out]
+    # int8 where the format allows it (onnx, tflite, executorch): the plain model and the clustered + fine-tuned one
+    return out + [("fp32 → int8", base, None, "int8"), ("cluster 4-bit + ft → int8", clu_ft, crows, "int8")]
 
 
 def _opt(d: dict) -> str:
@@ -248,7 +261,7 @@ def _opt(d: dict) -> str:
 
 
 def measure(net: Net, work: Path, rounds: int, log) -> list[dict]:
-    from edgeship.compress.cluster import distinct_values, palettize_mlpackage
+    from edgeship.compress.cluster import palettize_mlpackage
     from edgeship.compress.prune import count_macs, count_params
     from edgeship.compress.quantize import runtime_latency
     from edgeship.export import get_exporter
@@ -258,15 +271,19 @@ def measure(net: Net, work: Path, rounds: int, log) -> list[dict]:
 
     rows = []
     example = net.spec.example_inputs()
-    for i, (label, module, crows) in enumerate(variants(net, log)):
+    for i, (label, module, crows, precision) in enumerate(variants(net, log)):
         spec = dataclasses.replace(net.spec, module=module)
-        row = {"network": net.name, "variant": label, "params": count_params(module),
+        int8 = precision == "int8"
+        row = {"network": net.name, "variant": label, "precision": precision, "params": count_params(module),
                "macs": count_macs(module, example), "files": {}, "download": {}, "distinct_max": {},
                "quality": {"pytorch": net.quality(torch_outputs(module, net.eval_x))}}
-        for fmt in FORMATS + (("coreml",) if crows is not None or i == 0 else ()):
+        for fmt in FORMATS + (("coreml",) if not int8 and (crows is not None or i == 0) else ()):
             t = time.perf_counter()
             try:
-                path = get_exporter(fmt).export(spec, work / f"v{i}" / fmt, "fp32").path
+                made = get_exporter(fmt).export(spec, work / f"v{i}" / fmt, precision, calib=net.calib if int8 else None)
+                if made.precision != precision:
+                    raise RuntimeError(f"made {made.precision}, not {precision}")
+                path = made.path
                 if fmt == "coreml" and crows is not None:
                     path = palettize_mlpackage(path, work / f"v{i}" / "coreml" / "model.palettized.mlpackage")
             except Exception as e:   # noqa: BLE001 - a failing format is reported, the others go on
@@ -275,10 +292,8 @@ def measure(net: Net, work: Path, rounds: int, log) -> list[dict]:
                 continue
             row["files"][fmt] = {"path": str(path), "bytes": file_size(path), "export_s": round(time.perf_counter() - t, 1)}
             row["download"][fmt] = download_size(path)
-            if crows is not None:
-                counts = distinct_values(path)
-                row["distinct_max"][fmt] = {"le_16": sum(v <= 16 for v in counts.values()), "tensors": len(counts),
-                                            "max": max(counts.values())}
+            if crows is not None or int8:
+                row["distinct_max"][fmt] = read_back(path, layer_shapes(module, crows), int8)
             if fmt in FORMATS:
                 rt = open_runtime(path, threads=1)
                 shapes = torch_outputs(module, net.eval_x[:1])[0]
@@ -297,6 +312,45 @@ def measure(net: Net, work: Path, rounds: int, log) -> list[dict]:
     for (r_i, fmt, _), v in zip(paths, ms):
         rows[r_i].setdefault("latency_ms", {})[fmt] = round(v, 4)
     return rows
+
+
+def layer_shapes(module: nn.Module, crows: list | None) -> set[tuple]:
+    """The shapes (dimensions longer than 1, sorted: a converter may permute them) of the layer weights: the
+    clustered ones, or every Linear/conv weight of an unclustered model."""
+    from edgeship.compress.cluster import _weight_names
+
+    if crows is not None:
+        shapes = [r["shape"] for r in crows if r["clustered"]]
+    else:
+        shapes = [list(getattr(m, p).shape) for m in module.modules() for p in _weight_names(m)
+                  if isinstance(getattr(m, p, None), torch.Tensor)]
+    return {tuple(sorted(d for d in s if d > 1)) for s in shapes}
+
+
+def read_back(path, layers: set[tuple], int8: bool) -> dict:
+    """Distinct values of the weight tensors read back from ``path`` (compress.cluster.weight_tensors, those with
+    >= 2 dimensions longer than 1, as compress.cluster.distinct_values counts them): over the layer weights (shape in
+    ``layers``), ``le_16`` of ``tensors`` with <= 16 values and the ``max``; ``other``: the most values in a tensor
+    that is no layer's weight (the encoder's position table), else 0. With ``int8``, per output channel of the int8
+    layer weights too: per-channel int8 gives each output channel its own scale, so a channel of <= 16 clustered
+    values stays <= 16 int8 values. The output channel is the first axis in what these exporters write (ONNX Gemm and
+    Conv, TFLite fully-connected and OHWI conv, XNNPACK's weights)."""
+    from edgeship.compress.cluster import weight_tensors
+
+    tensors = {k: a for k, a in weight_tensors(path).items() if sum(d > 1 for d in a.shape) >= 2}
+    mine = {k: a for k, a in tensors.items() if tuple(sorted(d for d in a.shape if d > 1)) in layers}
+    counts = {k: int(np.unique(a).size) for k, a in mine.items()}
+    out = {"le_16": sum(v <= 16 for v in counts.values()), "tensors": len(counts), "max": max(counts.values(), default=0),
+           "other": max((int(np.unique(a).size) for k, a in tensors.items() if k not in mine), default=0)}
+    if int8:
+        per_ch = {}
+        for k, a in mine.items():
+            if a.dtype == np.int8:
+                a = a.reshape([d for d in a.shape if d > 1])
+                per_ch[k] = max(int(np.unique(a[j]).size) for j in range(a.shape[0]))
+        out.update(channel_le_16=sum(v <= 16 for v in per_ch.values()), int8_tensors=len(per_ch),
+                   channel_max=max(per_ch.values(), default=0))
+    return out
 
 
 def _align(outs, ref):
@@ -333,14 +387,23 @@ def markdown(results: dict, meta: dict) -> str:
             dl = " / ".join(_mb(r["download"][f]) if f in r["download"] else "–" for f in FORMATS + ("coreml",))
             ratio = max((r["download"][f] / base["files"][f]["bytes"]) for f in FORMATS + ("coreml",)
                         if f in r["download"] and isinstance(base["files"].get(f), dict))
-            distinct = ", ".join(f"{f} {v['le_16']}/{v['tensors']}" + (f" (max {v['max']})" if v["max"] > 16 else "")
-                                 for f, v in r["distinct_max"].items()) or "–"
+            distinct = ", ".join(
+                f"{f} {v['le_16']}/{v['tensors']}" + (f" (max {v['max']})" if v["max"] > 16 else "")
+                + (f", per channel {v['channel_le_16']}/{v['int8_tensors']}" + (f" (max {v['channel_max']})" if v["channel_max"] > 16 else "")
+                   if "channel_max" in v else "")
+                for f, v in r["distinct_max"].items()) or "–"
+            others = {v["other"] for v in r["distinct_max"].values() if v.get("other")}
+            if others:
+                distinct += f"; not a layer's weight: up to {max(others)} values"
             onnx = r["files"].get("onnx")
             L.append(f"| {r['variant']} | {r['params']:,} ({base['params'] / r['params']:.2f}×) | {r['macs']:,} "
                      f"({base['macs'] / r['macs']:.2f}×) | {_mb(onnx['bytes']) if isinstance(onnx, dict) else onnx} | "
                      f"{dl} | {ratio:.3f} | {distinct} |")
         L += ["", "× fp32 file: the variant's download size over the fp32 model's file size in the same format; the "
-              "issue's measure, against the fp32 file's download size, is in the next table.", ""]
+              "issue's measure, against the fp32 file's download size, is in the next table. Last column: the layers' "
+              "weight tensors (clustered ones; for fp32 → int8 every Linear/conv weight) read back from each file with "
+              "≤ 16 distinct values, and the most values in a tensor that is no layer's weight (the encoder's position "
+              "table). → int8: static int8 exports (per-channel int8 weights), also counted per output channel.", ""]
         L += ["| variant | download × fp32 download: onnx / tflite / pte / coreml | latency ms: onnxruntime / LiteRT / ExecuTorch | speed-up vs fp32 |",
               "|---|---|---|---|"]
         for r in rows:
@@ -364,14 +427,23 @@ def markdown(results: dict, meta: dict) -> str:
 
 
 NOTES = [
-    "- **Weight tensors with more than 16 values in a clustered file** are not clustered layer weights, or were "
-    "changed by a converter: the encoder's position table `pos` (a bare parameter, 16x192 = 3072 values) in every "
-    "format; and in the .tflite only, the q/k/v and first feed-forward Linears of each block: LiteRT's converter "
-    "folds the preceding LayerNorm's gain into them (column j times gamma_j), so each holds up to 16 x 192 values, "
-    "which is why the clustered encoder's .tflite downloads in ~0.4x instead of ~0.2x. Checked by hand: the same "
-    "model with every LayerNorm gain at 1.0 exports 16 values per tensor. Remedy (not built): fold each LayerNorm's "
-    "gain into the Linears that read it before clustering (exact in float; compress.smooth finds such pairs), so "
-    "the converter has nothing left to fold.",
+    "- **LayerNorm gains folded before clustering** (compress.cluster.fold_layernorm, run by cluster() when given "
+    "example_args): LiteRT's converter folds each LayerNorm's gain into the Linears that read it (column j times "
+    "gamma_j). On a clustered model that multiplied the 16 values of each q/k/v and first feed-forward Linear into up "
+    "to 16 x 192 in the .tflite only (the previous run of this script: 8/21 weight tensors with <= 16 values, "
+    "download 0.39x the fp32 download against 0.20x in the other formats). Now each LayerNorm whose output only "
+    "Linears read has its gain and bias folded into them first (W' = W diag(gamma), b' = b + W beta; exact in float) "
+    "and keeps gain 1 and bias 0, frozen through the fine-tune, so the clustered values are the ones every converter "
+    "ships: 12 Linears of the encoder's 3 blocks. The final LayerNorm (read through the mean over tokens) and any "
+    "LayerNorm that also feeds a residual are left as they are. The one tensor with more than 16 values is the "
+    "position table `pos` (a bare parameter, 16x192 = 3072 values, not a layer and not clustered).",
+    "- **Clustering + int8**: the int8 exporters (static, each format's own quantizer, calibrated on the network's "
+    "calibration data) quantize each output channel with its own scale, so a channel's <= 16 clustered values become "
+    "<= 16 int8 values (read back: at most 16 per output channel in every clustered layer of every file), while a "
+    "whole tensor holds more (its channels' scales differ). No weight-rescaling int8 remedy ran (SmoothQuant or "
+    "cross-layer equalization would scale columns or channels and break that count). The PyTorch column of a "
+    "→ int8 row is the float model it was quantized from. The .tflite keeps the encoder's position table in float, "
+    "the .onnx and .pte quantize it.",
     "- **Core ML for O-Net** fails in coremltools 9.0 (PReLU on a rank-3 input needs one slope); the encoder's "
     "clustered packages are palettized with their own values as LUTs (compress.cluster.palettize_unique) and their "
     "size is the .mlpackage column; Core ML latency and outputs need macOS (not run).",
@@ -402,6 +474,25 @@ def targets(results: dict) -> list[str]:
                          for k in ("pytorch",) + FORMATS if k in r["quality"] and k in base["quality"])
                 out.append(f"| low-rank + ft: within 1 point (or cosine ≥ 0.99) | {name} | accuracy {acc}; cosine ≥ {worst_cos:.4f} | "
                            f"{'yes' if ok or worst_cos >= 0.99 else 'no'} |")
+            if r["variant"] == "cluster 4-bit + ft → int8":
+                plain = next(x for x in rows if x["variant"] == "fp32 → int8")
+                fp32c = next(x for x in rows if x["variant"] == "cluster 4-bit + ft")
+                fm = [f for f in FORMATS if f in r["download"] and f in plain["download"]]
+                rr = {f: r["download"][f] / base["download"][f] for f in fm}
+                pr = {f: plain["download"][f] / base["download"][f] for f in fm}
+                cr = {f: fp32c["download"][f] / base["download"][f] for f in fm if f in fp32c["download"]}
+                out.append(f"| cluster 4-bit + int8: download ≤ 0.35× fp32 download and below int8 alone, every int8 format | {name} | "
+                           + ", ".join(f"{f} {rr[f]:.3f}× (int8 alone {pr[f]:.3f}×, clustered fp32 {cr.get(f, float('nan')):.3f}×)" for f in fm)
+                           + f" | {'yes' if len(fm) == len(FORMATS) and all(rr[f] <= 0.35 and rr[f] < pr[f] for f in fm) else 'no'} |")
+                ok = all(r["quality"][k]["accuracy"] >= base["quality"][k]["accuracy"] - 0.01
+                         for k in FORMATS if k in r["quality"]) and all(k in r["quality"] for k in FORMATS)
+                acc = " ".join(f"{RUNTIME.get(k, k)} {(r['quality'][k]['accuracy'] - base['quality'][k]['accuracy']) * 100:+.1f} pt "
+                               f"(cos {r['quality'][k]['cosine']:.4f})" for k in FORMATS if k in r["quality"])
+                out.append(f"| cluster 4-bit + int8: within 1 point, each runtime | {name} | {acc} | {'yes' if ok else 'no'} |")
+                out.append(f"| cluster 4-bit + int8: ≤ 16 int8 values per output channel | {name} | "
+                           + ", ".join(f"{f} {v['channel_le_16']}/{v['int8_tensors']} (max {v['channel_max']})"
+                                       for f, v in r["distinct_max"].items())
+                           + f" | {'yes' if all(v['channel_max'] <= 16 for v in r['distinct_max'].values()) else 'no'} |")
             if r["variant"] == "cluster 4-bit + ft":
                 worst = max(r["download"][f] / base["download"][f] for f in r["download"] if f in base["download"])
                 out.append(f"| cluster 4-bit: download ≤ 0.35× fp32 download, every format | {name} | ≤ {worst:.3f}× | {'yes' if worst <= 0.35 else 'no'} |")
@@ -410,8 +501,10 @@ def targets(results: dict) -> list[str]:
                 acc = " ".join(f"{RUNTIME.get(k, k)} {(r['quality'][k]['accuracy'] - base['quality'][k]['accuracy']) * 100:+.1f} pt"
                                for k in ("pytorch",) + FORMATS if k in r["quality"])
                 out.append(f"| cluster 4-bit + ft: within 1 point | {name} | {acc} | {'yes' if ok else 'no'} |")
-                out.append(f"| cluster: ≤ 16 distinct values per weight tensor in every file | {name} | "
+                others = max((v["other"] for v in r["distinct_max"].values()), default=0)
+                out.append(f"| cluster: ≤ 16 distinct values per clustered layer's weight tensor in every file | {name} | "
                            + ", ".join(f"{f} {v['le_16']}/{v['tensors']} (max {v['max']})" for f, v in r["distinct_max"].items())
+                           + (f"; a tensor that is no layer's weight: up to {others} values" if others else "")
                            + f" | {'yes' if all(v['max'] <= 16 for v in r['distinct_max'].values()) else 'no'} |")
     return out
 
@@ -436,7 +529,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(NETS))
     ap.add_argument("--out", default=str(HERE / "lowrank_cluster.md"))
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--work", default=None, help="where the exported files go (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = ap.parse_args(argv)

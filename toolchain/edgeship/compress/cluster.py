@@ -6,6 +6,7 @@ bytes, but they compress far better: :func:`edgeship.sizes.download_size` measur
 or an APK asset pays (zip deflate, level 9).
 
     model, rows = cluster(model, bits=4)                                   # 16 values per layer
+    model, rows = cluster(model, bits=4, example_args=spec.example_inputs())  # LayerNorm gains folded in first
     model, rows = cluster(model, bits=4, layers={"Conv2d": {"bits": 6}, "classifier": None})
     finetune(model, train, val, TrainConfig(epochs=3, lr=1e-4), rows=rows) # centroids stay shared
     distinct_values("dist/m/onnx/model.onnx")                              # read back: tensor -> distinct values
@@ -15,6 +16,11 @@ evenly spaced between min and max: ``init="linear"``), each weight goes to its n
 moves to the mean of its weights, until nothing moves (at most ``iters`` rounds). ``group_size`` clusters each
 group of that many output channels on its own (2^bits values per group, as Core ML's per-grouped-channel
 palettization); the default clusters the whole tensor. Biases, norms and other 1-D parameters are not clustered.
+
+Converters fold some ops into the weights after them, which would multiply the clustered values (each channel or
+column by its own factor): a BatchNorm after a conv (:func:`fold_batchnorm`), and in LiteRT a LayerNorm's gain into
+the Linears it feeds (:func:`fold_layernorm`, which needs the model's inputs: ``example_args``). Both are folded
+before clustering, exactly, so the clustered values are the ones that ship.
 
 Fine-tuning keeps the centroids shared by re-parametrizing each clustered weight as ``centroids[index]``
 (:func:`shared_centroids`, torch.nn.utils.parametrize): the optimizer trains the centroids, each centroid's gradient
@@ -31,6 +37,7 @@ import json
 import math
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -129,9 +136,10 @@ def cluster_tensor(w: torch.Tensor, bits: int, group_size: int | None = None, it
 
 # -- the stage ---------------------------------------------------------------------------------------------
 def cluster(module: nn.Module, bits: int = 4, layers: dict[str, Any] | None = None, *, group_size: int | None = None,
-            iters: int = 50, init: str = "quantile") -> tuple[nn.Module, list[dict]]:
+            iters: int = 50, init: str = "quantile", example_args: tuple | None = None) -> tuple[nn.Module, list[dict]]:
     """k-means weight sharing on a copy of ``module`` (``module`` itself is untouched; its convolutions' BatchNorms
-    folded in first: :func:`fold_batchnorm`): each weight of every
+    folded in first: :func:`fold_batchnorm`; with ``example_args``, the model's inputs, also each LayerNorm's gain
+    and bias into the Linears that alone read it: :func:`fold_layernorm`): each weight of every
     Linear, Conv, ConvTranspose, Embedding and MultiheadAttention (in_proj_weight) ends up with at most
     ``2**bits`` distinct values (per group of ``group_size`` output channels when given).
 
@@ -140,12 +148,20 @@ def cluster(module: nn.Module, bits: int = 4, layers: dict[str, Any] | None = No
 
     Returns the new module and one row per candidate weight: ``name`` (the module), ``param``, ``shape``,
     ``bits``, ``group_size``, ``distinct_before``, ``distinct_after``, ``sqnr_db`` (the clustered weight against
-    the original), ``clustered`` and ``reason`` (why not, else None)."""
+    the original), ``clustered``, ``reason`` (why not, else None) and ``folded_norm`` (the LayerNorm whose gain
+    this weight took, else None)."""
     from ..recipe import resolve_layers
     from ..verify import sqnr_db
 
     default = _check_cluster_opts("global", {"bits": bits, "group_size": group_size})
     out = fold_batchnorm(copy.deepcopy(module))
+    folded: dict[str, str] = {}
+    if example_args is not None:
+        try:
+            folded = {w: f["norm"] for f in fold_layernorm(out, example_args) for w in f["into"]}
+        except Exception as e:  # noqa: BLE001 - no graph (torch.export refused the model): cluster without the fold
+            warnings.warn(f"LayerNorm gains not folded before clustering (torch.export: {type(e).__name__}: "
+                          f"{str(e)[:200]}); LiteRT may fold them into the clustered Linears")
     per_layer = resolve_layers(out, dict(layers or {}), default)
     rows: list[dict] = []
     for name, m in out.named_modules():
@@ -160,7 +176,7 @@ def cluster(module: nn.Module, bits: int = 4, layers: dict[str, Any] | None = No
             before = int(torch.unique(w.detach()).numel())
             row = {"name": name, "param": pname, "shape": list(w.shape), "bits": None, "group_size": None,
                    "distinct_before": before, "distinct_after": before, "sqnr_db": None, "clustered": False,
-                   "reason": None}
+                   "reason": None, "folded_norm": folded.get(f"{name}.{pname}")}
             rows.append(row)
             if opts is None:
                 row["reason"] = "skipped (layers option None)"
@@ -199,6 +215,141 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
                 holder._modules[key] = fuse_conv_bn_eval(conv, bn)
                 seq._modules[b] = nn.Identity()
     return module
+
+
+# Ops a LayerNorm's output may pass on its way to the Linears its gain and bias are folded into: each moves values
+# and never mixes or scales the last axis, the one the gain and bias run along (checked per node: _keeps_last_axis).
+_aten = torch.ops.aten
+_MOVES = frozenset({_aten.view.default, _aten.reshape.default, _aten._unsafe_view.default, _aten.unsqueeze.default,
+                    _aten.squeeze.dim, _aten.squeeze.dims, _aten.flatten.using_ints, _aten.unflatten.int,
+                    _aten.clone.default, _aten.contiguous.default, _aten.alias.default, _aten.transpose.int,
+                    _aten.permute.default, _aten.dropout.default})
+
+
+def fold_layernorm(module: nn.Module, example_args: tuple) -> list[dict]:
+    """Fold the affine of each LayerNorm (gain gamma, bias beta) into the Linear layers that read its output, in
+    place: ``W' = W diag(gamma)``, ``b' = b + W beta``; the LayerNorm keeps gain 1 and bias 0, frozen
+    (``requires_grad`` False, so a fine-tune cannot grow a gain back). Exact in float, and done only where it is:
+    every reader of the LayerNorm's output (through reshapes, transposes and eval dropout that leave its last axis
+    in place) is a Linear on that axis whose weight nothing else reads, as :func:`compress.smooth.smooth_pairs`
+    finds them on the ``torch.export`` graph (run on ``example_args``); a LayerNorm that also feeds a residual add,
+    an activation, a pooling or anything else is left as it is.
+
+    Why before clustering: LiteRT's converter folds the gain into those Linears itself (column j times gamma_j),
+    so a Linear clustered to 16 values would ship with up to 16 x in_features. Folded first, the clustered values
+    are the ones that ship. ``nn.MultiheadAttention`` self-attention is covered: ``torch.export`` emits its packed
+    q/k/v projection as one linear on ``in_proj_weight`` / ``in_proj_bias``. A Linear without a bias takes
+    ``W beta`` in the bias of the Linear right after it when that alone reads it (a low-rank pair), else gets a bias.
+
+    Returns one dict per folded LayerNorm: ``norm`` (its module name) and ``into`` (the weights, "module.param")."""
+    from .equalize import _shared
+    from .quantize import export_graph
+    from .smooth import LAYER_NORM, LINEAR, smooth_pairs
+
+    gm = export_graph(module, tuple(example_args))
+    done = []
+    for ln, _, consumers in smooth_pairs(gm, through=_keeps_last_axis):
+        if ln.target != LAYER_NORM:
+            continue
+        plan = _fold_plan(module, gm, ln, consumers, _shared, LINEAR)
+        if plan is None:
+            continue
+        gain, beta, items = plan
+        with torch.no_grad():
+            g = gain.detach().double()
+            b = beta.detach().double() if beta is not None else None
+            for w, bias_at in items:
+                W = w.detach().double()
+                if b is not None and bool(b.any()):
+                    shift = W @ b
+                    for target, through in bias_at:
+                        target.add_((through.detach().double() @ shift if through is not None else shift).to(target.dtype))
+                w.copy_((W * g).to(w.dtype))
+            gain.fill_(1.0)
+            gain.requires_grad_(False)
+            if beta is not None:
+                beta.zero_()
+                beta.requires_grad_(False)
+        done.append({"norm": ln.args[2].target.rsplit(".", 1)[0], "into": [c.args[1].target for c in consumers]})
+    return done
+
+
+def _fold_plan(module: nn.Module, gm, ln, consumers, shared, linear_op):
+    """(gain, bias or None, [(consumer weight, [(tensor that takes W beta, matrix it goes through or None)])]) for
+    one LayerNorm -> Linears pair, all the original module's own parameters (by the graph's get_attr targets); None
+    when some part is not a plain parameter (nothing is changed then)."""
+    def param(node):
+        if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
+            return None
+        try:
+            return module.get_parameter(node.target)
+        except AttributeError:
+            return None
+
+    gain = param(ln.args[2])
+    beta_node = ln.args[3] if len(ln.args) > 3 else ln.kwargs.get("bias")
+    beta = param(beta_node)
+    if gain is None or (beta_node is not None and (beta is None or shared(gm, beta_node))):
+        return None
+    items = []
+    for c in consumers:
+        w = param(c.args[1])
+        if w is None:
+            return None
+        b_node = c.args[2] if len(c.args) > 2 else c.kwargs.get("bias")
+        bias_at = []
+        if beta is None or not bool(beta.detach().any()):
+            pass                                                    # nothing to move into a bias
+        elif b_node is not None:
+            b = param(b_node)
+            if b is None or shared(gm, b_node):
+                return None
+            bias_at = [(b, None)]
+        else:
+            nxt = list(c.users)
+            d = nxt[0] if len(nxt) == 1 else None
+            d_bias = d.args[2] if d is not None and d.target == linear_op and d.args[0] is c and len(d.args) > 2 else None
+            if d_bias is not None and param(d.args[1]) is not None and param(d_bias) is not None \
+                    and not shared(gm, d.args[1]) and not shared(gm, d_bias):
+                bias_at = [(param(d_bias), param(d.args[1]))]        # W_d (W_c beta) into the next Linear's bias
+            else:
+                owner_name, _, pname = c.args[1].target.rpartition(".")
+                owner = module.get_submodule(owner_name)
+                bname = {"weight": "bias", "in_proj_weight": "in_proj_bias"}.get(pname)
+                if not isinstance(owner, (nn.Linear, nn.MultiheadAttention)) or bname is None \
+                        or getattr(owner, bname, None) is not None:
+                    return None
+                new = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+                setattr(owner, bname, new)
+                bias_at = [(new, None)]
+        items.append((w, bias_at))
+    return gain, beta, items
+
+
+def _keeps_last_axis(node) -> bool:
+    """Whether ``node`` (the one reader of a LayerNorm's output, or of an op after it) hands every value on at the
+    same index of the last axis, unscaled: a reshape that keeps the last dimension's size (row-major, so the last
+    index is kept), a transpose or permute that leaves the last axis last, a copy, dropout in eval."""
+    if node.op != "call_function" or node.target not in _MOVES or not node.args:
+        return False
+    if node.target == _aten.dropout.default:
+        train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train", True)
+        if train is not False:
+            return False
+    src = node.args[0]
+    a = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
+    b = node.meta.get("val")
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.dim() == 0 or b.dim() == 0:
+        return False
+    if a.shape[-1] != b.shape[-1]:
+        return False
+    last = a.dim() - 1
+    if node.target == _aten.transpose.int:
+        d0, d1 = (int(d) % a.dim() for d in node.args[1:3])
+        return d0 == d1 or last not in (d0, d1)
+    if node.target == _aten.permute.default:
+        return int(node.args[1][-1]) % a.dim() == last
+    return True
 
 
 def _weight_names(m: nn.Module) -> tuple[str, ...]:

@@ -45,9 +45,11 @@ class SmoothReport:
                 "the scales folded into the layer norms / linear layers before them (exact in float)")
 
 
-def smooth_pairs(gm: torch.fx.GraphModule) -> list[tuple[torch.fx.Node, torch.fx.Node, list[torch.fx.Node]]]:
+def smooth_pairs(gm: torch.fx.GraphModule, through=None) -> list[tuple[torch.fx.Node, torch.fx.Node, list[torch.fx.Node]]]:
     """(producer, activation, linear consumers): a LayerNorm with a gain, or a linear layer, whose output (through
-    ReLU/dropout) is read only by linear layers."""
+    ReLU/dropout) is read only by linear layers. ``through``: a predicate on a node, the single-reader ops the walk
+    from the producer may pass instead (compress.cluster's LayerNorm fold passes layout ops, not ReLU)."""
+    passes = through or (lambda n: n.target in THROUGH)
     out = []
     for node in gm.graph.nodes:
         if node.op != "call_function":
@@ -61,7 +63,7 @@ def smooth_pairs(gm: torch.fx.GraphModule) -> list[tuple[torch.fx.Node, torch.fx
         else:
             continue
         cur = node
-        while len(cur.users) == 1 and next(iter(cur.users)).target in THROUGH and next(iter(cur.users)).args[0] is cur:
+        while len(cur.users) == 1 and passes(next(iter(cur.users))) and next(iter(cur.users)).args[0] is cur:
             cur = next(iter(cur.users))
         consumers = list(cur.users)
         if consumers and all(c.target == LINEAR and _is_layer(gm, c) and c.args[0] is cur
