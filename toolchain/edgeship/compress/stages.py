@@ -368,7 +368,8 @@ class ClusterStage(Stage):
 
     def apply(self, current, cfg, ctx):
         from .cluster import cluster, finetune
-        module, rows = cluster(current.module, bits=cfg.bits, layers=cfg.layers, group_size=cfg.group_size)
+        module, rows = cluster(current.module, bits=cfg.bits, layers=cfg.layers, group_size=cfg.group_size,
+                               example_args=current.example_inputs())   # LayerNorms folded into their Linears first
         tuned = None
         if cfg.finetune_epochs and ctx.train is not None:
             finetune(module, ctx.train, ctx.val, _finetune_config(cfg), rows=rows, progress=ctx.progress)
