@@ -92,25 +92,38 @@ def compress(model, recipe, out: str | Path, *, data: str | None = None, eval_da
 
 def sweep(model, out: str | Path, *, eval_data: str, prune: str | Sequence[float] = (0.0, 0.3, 0.5, 0.7, 0.9),
           method: str = "structured", finetune_epochs: int = 5, train_epochs: int = 0, inputs: Sequence = (),
-          task: str | None = None, force: bool = False, progress: Callable | None = None,
+          task: str | None = None, force: bool = False, jobs: int = 1, ray: str | None = None,
+          cpus_per_point: int = 1, resume: bool = False, progress: Callable | None = None,
           on_event: Event | None = None) -> Report:
-    """Sparsity-vs-accuracy curve: prune a fresh copy of ``model`` to each sparsity, fine-tune on ``eval_data``'s train
-    split, measure on its held-out split; writes ``out`` (report.json with kind "sweep", sweep.png, report.html).
-    ``train_epochs`` trains the model first (a model built in code is untrained). ``on_event`` gets
-    ``("sweep", "measured", {"held_out": N})`` when the sweep is done, before the folder is written."""
+    """Sparsity-vs-accuracy curve: prune a fresh copy of ``model`` to each sparsity (a *point*), fine-tune on
+    ``eval_data``'s train split, measure on its held-out split; writes ``out`` (report.json with kind "sweep" after
+    every point, sweep.png and report.html at the end). ``train_epochs`` trains the model first (a model built in
+    code is untrained). Points run in this process (``jobs`` 1), in ``jobs`` local processes, or as Ray tasks
+    (``ray``: ``auto`` for a local Ray, ``ray://HOST:10001`` or ``HOST:PORT`` for a cluster), each with
+    ``cpus_per_point`` torch threads; the results are the same to the bit whichever way. A failed point is recorded
+    with its error and the others go on. ``resume`` keeps the points ``out`` already has. ``on_event`` gets
+    ``("sweep", "measured", {"held_out": N, "todo": [...], "skipped": [...], "total": T})`` before the points run
+    and ``("sweep", "point", {"row": ROW, "done": K, "total": T})`` as each finishes."""
     from .outdir import claim
-    from .sweep import check_method, parse_sparsities, run_sweep, write_sweep
+    from .sweep import check_method, parse_sparsities, sweep_folder
+    from .sweep_runners import pick
 
     sparsities = parse_sparsities(prune)
     check_method(method)
+    pick(jobs, ray, cpus_per_point, 2)        # --jobs/--ray/--cpus-per-point (and Ray installed) before any work
     if task is not None and not _is_spec(model):
         _task(task)
-    with claim(Path(out), force):
+    out = Path(out)
+    on_event = on_event or (lambda *a: None)
+    with claim(out, force or (resume and (out / "report.json").is_file())):
         spec = _load(model, inputs, task=task)
-        rows, held_out = run_sweep(spec, sparsities, eval_data, method, finetune_epochs, train_epochs, progress)
-        if on_event is not None:
-            on_event("sweep", "measured", {"held_out": held_out})
-        return Report.from_dict(write_sweep(Path(out), spec, rows, method, force))
+        report = sweep_folder(spec, None if _is_spec(model) else str(model), out, sparsities, eval_data,
+                              method=method, finetune_epochs=finetune_epochs, train_epochs=train_epochs,
+                              inputs=_inputs(inputs), task=task, jobs=jobs, ray=ray, cpus_per_point=cpus_per_point,
+                              resume=resume, force=force, progress=progress,
+                              on_start=lambda info: on_event("sweep", "measured", info),
+                              on_point=lambda row, k, n: on_event("sweep", "point", {"row": row, "done": k, "total": n}))
+        return Report.from_dict(report)
 
 
 def bench(folder: str | Path, device="local", *, runs: int = 100, warmup: int = 10,
@@ -119,13 +132,19 @@ def bench(folder: str | Path, device="local", *, runs: int = 100, warmup: int = 
           precisions: str | Sequence[str] | None = None, energy: str = "auto", power_cmd: str | None = None,
           via: str | None = None, tools: Mapping[str, str | Path] | Sequence[str] | None = None,
           compare: str | None = None, batch: Sequence[int] | None = None, seq: Sequence[int] | None = None,
-          ssh_config: str | Path | None = None, python: str | None = None,
-          on_event: Event | None = None) -> list[BenchEntry]:
+          ssh_config: str | Path | None = None, python: str | None = None, fleet: str | Path | None = None,
+          reference: str | None = None, on_event: Event | None = None) -> list[BenchEntry]:
     """Benchmark every (selected) artifact of an export ``folder`` on ``device`` (``local``, ``ssh://user@host``,
     ``adb[:SERIAL]``, or a Device): latency percentiles, memory, energy. The entries are appended to the folder's
     report.json and returned. ``threads``: one count or several (each benched); ``via``: python (the runner),
     tool (native benchmark binaries given in ``tools``, FORMAT -> path) or app (android-demo); ``compare``: a
-    precision whose speed each artifact is compared to; ``batch`` / ``seq``: sizes of dynamic dimensions."""
+    precision whose speed each artifact is compared to; ``batch`` / ``seq``: sizes of dynamic dimensions.
+
+    A fleet: ``device`` a list of several, and/or ``fleet`` (a fleet.yaml: named devices with their own threads,
+    affinity, energy, python, ssh_config): every device benched at once (one worker each, each device serially);
+    a device that fails is recorded and the others finish; report.json gets every entry (``device_name``) and a
+    ``fleet`` section comparing each artifact's p50 across devices, as a ratio to ``reference`` (default: the
+    first device). ``on_event`` then also gets ``(NAME, "device-done", row)`` and ``("fleet", "done", fleet)``."""
     from . import export as export_mod
     from .bench.devices import parse_device
     from .bench.harness import BenchOptions, bench_folder
@@ -135,6 +154,16 @@ def bench(folder: str | Path, device="local", *, runs: int = 100, warmup: int = 
                         if formats else None, _list(precisions), energy, power_cmd,
                         via=via or ("tool" if tools else "python"), tools=tools or None, compare=compare,
                         batch=_list(batch), seq=_list(seq))
+    many = isinstance(device, (list, tuple))
+    if fleet is not None or (many and len(device) != 1) or reference is not None:
+        from .bench.fleet import bench_fleet, load_fleet, members_from
+        spec = load_fleet(fleet) if fleet is not None else None
+        members = members_from(spec, list(device) if many else ([] if fleet is not None and device == "local" else [device]),
+                               opts, ssh_config=ssh_config, python=python)
+        entries, _ = bench_fleet(Path(folder), members, reference if reference is not None else spec and spec.reference,
+                                 on_event)
+        return [BenchEntry.from_dict(e) for e in entries]
+    device = device[0] if many else device
     dev = parse_device(device, ssh_config=ssh_config, python=python) if isinstance(device, str) else device
     return [BenchEntry.from_dict(e) for e in bench_folder(Path(folder), dev, opts, on_event)]
 
@@ -197,6 +226,11 @@ def _load(model, inputs: Sequence, *, name: str | None = None, seed: int = 0, ta
         return model
     return load(str(model), [parse_input(t) if isinstance(t, str) else t for t in inputs], name=name, seed=seed,
                 task=task)
+
+
+def _inputs(inputs: Sequence) -> list:
+    from .model import parse_input
+    return [parse_input(t) if isinstance(t, str) else t for t in inputs]
 
 
 def _keep_float(spec, names: str | Iterable[str] | None):

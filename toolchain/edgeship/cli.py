@@ -272,34 +272,59 @@ def sweep(
     train_epochs: int = typer.Option(0, "--train-epochs", help="train MODEL first (a model built in code is untrained)"),
     input: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
     task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
-    force: bool = typer.Option(False, "--force"),
+    force: bool = typer.Option(False, "--force", help="start over in an existing edgeship folder"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="run N points at once in local processes (1: one after another here)"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="run the points as Ray tasks: auto (a local Ray), "
+                                      "ray://HOST:10001 or HOST:PORT (a cluster); needs pip install 'edgeship[ray]'"),
+    cpus_per_point: int = typer.Option(1, "--cpus-per-point", help="CPUs (torch threads) each point uses and declares to Ray"),
+    resume: bool = typer.Option(False, "--resume", help="continue the sweep in --out: keep its finished points, run the rest"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Sparsity-vs-accuracy curve: prune to each sparsity, fine-tune, measure; writes sweep.png and report.json."""
+    """Sparsity-vs-accuracy curve: prune to each sparsity, fine-tune, measure; writes sweep.png and report.json
+    (rewritten as each point finishes, so --resume can continue an interrupted sweep)."""
     from . import api
-    STATE["out"] = out
     progress, on_progress = _training_progress()
-    held_out = {}
+    info: dict = {}
+    points: list = []
 
-    def on_event(key: str, stage: str, info: dict):
+    def on_event(key: str, stage: str, data: dict):
         if stage == "measured":
-            held_out.update(info)
-            progress.stop()
+            info.update(data)
+            if data["skipped"]:
+                progress.console.print(f"resuming: {len(data['skipped'])} point(s) already in {escape(str(out))}")
+            points.append(progress.add_task("points", total=data["total"], completed=len(data["skipped"]), status=""))
+        elif stage == "point":
+            row = data["row"]
+            what = (f"[red]{row['sparsity']:.2f} failed[/]" if row.get("status") == "failed"
+                    else f"{row['sparsity']:.2f}: {row['accuracy']:.2%}" if row.get("accuracy") is not None else f"{row['sparsity']:.2f}")
+            progress.update(points[0], completed=data["done"], status=f"last {what}")
     with progress:
         report = api.sweep(model, out, eval_data=eval_data, prune=prune_, method=method, finetune_epochs=finetune_epochs,
-                           train_epochs=train_epochs, inputs=input, task=task, force=force, progress=on_progress,
-                           on_event=on_event)
+                           train_epochs=train_epochs, inputs=input, task=task, force=force, jobs=jobs, ray=ray,
+                           cpus_per_point=cpus_per_point, resume=resume, progress=on_progress, on_event=on_event)
     result = report.to_dict()
+    failed = [r for r in result["sweep"] if r.get("status") == "failed"]
     if as_json:
         print(json.dumps(result, indent=2))
-        return
-    t = Table(title=f"{report.name}: {method} pruning sweep ({held_out.get('held_out')} held-out examples)")
-    for col in ("sparsity", "parameters", "MACs", "accuracy"):
+        raise typer.Exit(1 if failed else 0)
+    run = result.get("runner") or {}
+    t = Table(title=f"{report.name}: {method} pruning sweep ({info.get('held_out')} held-out examples)")
+    for col in ("sparsity", "parameters", "MACs", "accuracy", "point s"):
         t.add_column(col)
     for r in result["sweep"]:
-        t.add_row(f"{r['sparsity']:.2f}", f"{r['params']:,}", f"{r['macs']:,}", "—" if r["accuracy"] is None else f"{r['accuracy']:.2%}")
+        if r.get("status") == "failed":
+            t.add_row(f"{r['sparsity']:.2f}", f"[red]failed[/]: {escape(r.get('error') or '')}", "", "", "")
+            continue
+        t.add_row(f"{r['sparsity']:.2f}", f"{r['params']:,}", f"{r['macs']:,}",
+                  "—" if r["accuracy"] is None else f"{r['accuracy']:.2%}",
+                  "—" if r.get("wall_s") is None else f"{r['wall_s']:.1f}")
     console.print(t)
+    if run:
+        where = run["kind"] + (f" {run['address']}" if run.get("address") else "")
+        console.print(escape(f"{run.get('points_run')} point(s) run ({where}, {run.get('workers')} worker(s)), "
+                             f"{run.get('points_resumed')} resumed; {run.get('wall_s'):.1f} s"))
     console.print(f"plot: {out / 'sweep.png'}")
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()
@@ -486,7 +511,12 @@ def _sizes(flag: str, text: str | None) -> list[int] | None:
 @app.command()
 def bench(
     folder: Path = typer.Argument(..., help="an export folder (edgeship export --out FOLDER)"),
-    device: str = DEVICE,
+    device: Optional[List[str]] = typer.Option(None, "--device", "-d", help="local | ssh://user@host[:port] | "
+                                               "adb[:SERIAL]; repeat it to bench several devices at once (a fleet)"),
+    fleet: Optional[Path] = typer.Option(None, "--fleet", help="fleet.yaml: named devices with their own threads, "
+                                         "affinity, energy, python, ssh_config, benched at once"),
+    reference: Optional[str] = typer.Option(None, "--reference", help="fleet: the device the others' p50 is "
+                                            "compared to (a name or id; default the first)"),
     runs: int = typer.Option(100, "--runs", help="timed inferences per artifact"),
     warmup: int = typer.Option(10, "--warmup", help="untimed inferences first"),
     threads: Optional[str] = typer.Option(None, "--threads", help="runtime threads; a comma list benches each (e.g. 1,2)"),
@@ -518,7 +548,12 @@ def bench(
     from .results import bench_outcome
 
     threads_, batch_, seq_ = _threads(threads), _sizes("--batch", batch), _sizes("--seq", seq)
-    dev = parse_device(device, ssh_config=ssh_config, python=python)
+    if fleet is not None or len(device or []) > 1:
+        _bench_fleet(folder, device or [], fleet, reference, as_json, dict(
+            runs=runs, warmup=warmup, threads=threads_, rounds=rounds, cooldown=cooldown, affinity=affinity,
+            formats=formats, precisions=precision, energy=energy, power_cmd=power_cmd, via=via, tools=tool,
+            compare=compare, batch=batch_, seq=seq_, ssh_config=ssh_config, python=python))
+    dev = parse_device((device or ["local"])[0], ssh_config=ssh_config, python=python)
     with err_console.status(f"benchmarking on {dev.id}") as status:
         def on_event(key, stage, info):
             if stage == "run":
@@ -544,6 +579,52 @@ def bench(
                           "runtime there, or choose another --via / --formats")
         raise typer.Exit(1)
     raise typer.Exit(0 if outcome == "ok" else 1)
+
+
+def _bench_fleet(folder: Path, devices: list[str], fleet: Path | None, reference: str | None, as_json: bool,
+                 kw: dict) -> None:
+    """Several devices at once: a line per device as it finishes, a table per device, the comparison table."""
+    from . import api
+    from .results import bench_outcome
+    done: list[dict] = []
+    with err_console.status("benchmarking the fleet") as status:
+        def on_event(key, stage, info):
+            if stage == "device-done":
+                done.append(info)
+                st = "[green]ok[/]" if info["status"] == "ok" else f"[red]failed[/]: {escape(info.get('reason') or '')}"
+                err_console.print(f"{escape(info['name'])} ({escape(info['device'])}): {st} in {info['wall_s']:.1f} s")
+            elif stage == "run":
+                status.update(f"{escape(key)}: round {info['round']}, threads {info['threads'] or 'default'}")
+        results = api.bench(folder, devices or "local", fleet=fleet, reference=reference, on_event=on_event, **kw)
+    entries = [e.to_dict() for e in results]
+    report = json.loads((folder / "report.json").read_text())
+    fl = report.get("fleet") or {}
+    if as_json:
+        print(json.dumps({"entries": entries, "fleet": fl}, indent=2))
+    else:
+        for row in fl.get("devices", []):
+            mine = [e for e in entries if e.get("device_name") == row["name"]]
+            console.print(_bench_table(mine, f"bench {folder} on {row['name']} ({row['device']})"))
+        console.print(fleet_table(fl))
+    failed = [d for d in fl.get("devices", []) if d["status"] != "ok"]
+    raise typer.Exit(0 if not failed and bench_outcome(entries) == "ok" else 1)
+
+
+def fleet_table(fl: dict) -> Table:
+    """Each artifact's p50 on every device and its ratio to the reference device's (2.00× = twice as slow)."""
+    names = [d["name"] for d in fl.get("devices", [])]
+    ref = fl.get("reference")
+    t = Table(title=f"p50 ms per device (× = ratio to {ref}'s p50)")
+    for col in ["artifact", "threads"] + names:
+        t.add_column(col + (" (reference)" if col == ref else ""))
+    for r in fl.get("comparison", []):
+        cells = []
+        for n in names:
+            v, x = r["p50_ms"].get(n), r["ratio"].get(n)
+            cells.append("—" if v is None else f"{v:.3f}" + ("" if x is None or n == ref else f" ({x:.2f}×)"))
+        label = r["artifact"] + (f" · {r['size']}" if r.get("size") else "")
+        t.add_row(escape(label), str(r.get("threads") if r.get("threads") is not None else "—"), *cells)
+    return t
 
 
 def _bench_table(entries: list[dict], title: str) -> Table:
@@ -588,11 +669,15 @@ def _speedup_cell(sv: dict | None) -> str:
 @app.command()
 def devices(ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (default ~/.ssh/config)"),
             probe: bool = typer.Option(True, "--probe/--no-probe", help="connect to each ready device and list its runtimes"),
+            fleet: Optional[Path] = typer.Option(None, "--fleet", help="check every device of fleet.yaml, all at once"),
             as_json: bool = typer.Option(False, "--json")):
-    """List the devices edgeship can bench on (local, attached adb devices, ssh config hosts) and what each can run."""
+    """List the devices edgeship can bench on (local, attached adb devices, ssh config hosts) and what each can run;
+    with --fleet, connect to every device of a fleet.yaml at once and say which can be benched."""
     from dataclasses import asdict
 
     from .bench.devices import list_devices, parse_device
+    if fleet is not None:
+        _devices_fleet(fleet, ssh_config, as_json)
     rows = [asdict(r) for r in list_devices(ssh_config=ssh_config)]
     for r in rows:
         r["runtimes"] = None
@@ -615,6 +700,27 @@ def devices(ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help
             can = f"[red]{escape(r['probe_error'])}[/]"
         t.add_row(escape(r["id"]), r["kind"], r["state"], escape(r["description"]), can)
     console.print(t)
+
+
+def _devices_fleet(fleet: Path, ssh_config: Path | None, as_json: bool) -> None:
+    from .bench.fleet import check_fleet, load_fleet, members_from
+    from .bench.harness import BenchOptions
+    members = members_from(load_fleet(fleet), [], BenchOptions(), ssh_config=ssh_config)
+    with err_console.status(f"checking {len(members)} device(s) at once"):
+        rows = check_fleet(members)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        t = Table(title=f"fleet {fleet}")
+        for col in ("name", "device", "state", "can run", "s"):
+            t.add_column(col)
+        for r in rows:
+            can = (", ".join(f"{k} {v}" for k, v in r["runtimes"].items() if v) or "nothing") if r["state"] == "ok" \
+                else f"[red]{escape(r['error'])}[/]"
+            t.add_row(escape(r["name"]), escape(r["device"]), f"[{_status_style(r['state'])}]{r['state']}[/]", can,
+                      f"{r['seconds']:.1f}")
+        console.print(t)
+    raise typer.Exit(0 if all(r["state"] == "ok" for r in rows) else 1)
 
 
 def _on_signal(signum, frame):

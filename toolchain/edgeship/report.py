@@ -173,7 +173,58 @@ def plots(report: dict) -> list[tuple[str, str]]:
         if fig is not None:
             out.append(("Size vs latency (colour: accuracy in the artifact's runtime)", _plot_png(fig)))
             plt.close(fig)
+    fig = _fleet_plot(plt, report.get("fleet"))
+    if fig is not None:
+        out.append((f"Fleet: p50 per device (reference {report['fleet'].get('reference')})", _plot_png(fig)))
+        plt.close(fig)
     return out
+
+
+def _fleet_label(r: dict) -> str:
+    return r["artifact"] + (f" · {r['size']}" if r.get("size") else "") + \
+        (f" · {r['threads']} thr" if r.get("threads") is not None else "")
+
+
+def _fleet_plot(plt, fleet: dict | None):
+    """Grouped bars: for each artifact of the last fleet bench, its p50 on every device."""
+    rows = (fleet or {}).get("comparison") or []
+    names = [d["name"] for d in (fleet or {}).get("devices", [])]
+    if not rows or not names:
+        return None
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) * max(1, len(names)) / 2 + 2), 4))
+    x = np.arange(len(rows))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        vals = [r["p50_ms"].get(n) for r in rows]
+        ax.bar(x + i * width - 0.4 + width / 2, [np.nan if v is None else v for v in vals], width, label=n)
+    ax.set_xticks(x, [_fleet_label(r) for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("latency p50 (ms)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def fleet_html(fleet: dict | None) -> str:
+    """The last fleet bench: each device's outcome, and each artifact's p50 on every device with its ratio to the
+    reference device's p50 (2.00× = twice as slow)."""
+    if not fleet:
+        return ""
+    e = html.escape
+    names = [d["name"] for d in fleet.get("devices", [])]
+    ref = fleet.get("reference")
+    devs = "".join(f"<tr><td>{e(d['name'])}</td><td>{e(d['device'])}</td><td>{e(d['status'])}</td>"
+                   f"<td>{d.get('wall_s', '—')}</td><td>{e(d.get('reason') or '')}</td></tr>" for d in fleet.get("devices", []))
+    head = "".join(f"<th>{e(n)}{' (reference)' if n == ref else ''}</th>" for n in names)
+
+    def cell(r, n):
+        v, x = r["p50_ms"].get(n), r["ratio"].get(n)
+        return "—" if v is None else f"{v:.3f}" + ("" if x is None or n == ref else f" ({x:.2f}×)")
+    rows = "".join(f"<tr><td>{e(_fleet_label(r))}</td>" + "".join(f"<td>{cell(r, n)}</td>" for n in names) + "</tr>"
+                   for r in fleet.get("comparison", []))
+    return (f"<h2>Fleet bench</h2><p>{len(names)} device(s) at once, {fleet.get('wall_s', '—')} s wall; "
+            f"{e(str(fleet.get('created', '')))}</p><table><tr><th>device</th><th>id</th><th>status</th><th>s</th>"
+            f"<th>reason</th></tr>{devs}</table><h3>p50 ms per device (× = ratio to {e(str(ref))}'s p50)</h3>"
+            f"<table><tr><th>artifact</th>{head}</tr>{rows}</table>")
 
 
 def _tradeoff(plt, report: dict, bench: list[dict]):
@@ -288,5 +339,5 @@ parity on {report.get('verify', {}).get('samples', '—')} inputs ({e(str(report
 <h2>Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>file</th><th>size</th><th>download (zip -9)</th><th>export s</th><th>parity</th><th>accuracy (eval set, own runtime)</th><th>notes</th></tr>{rows}</table>
 {stages_html}
 {sens_html}
-{bench_html}{imgs}<p style="color:#666;font-size:12px">tools: {e(tools)}</p></body></html>
+{bench_html}{fleet_html(report.get("fleet"))}{imgs}<p style="color:#666;font-size:12px">tools: {e(tools)}</p></body></html>
 """

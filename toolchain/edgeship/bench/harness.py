@@ -206,13 +206,15 @@ def _measure(device: Device, opts: BenchOptions, source, job: Callable[[], dict]
     return out, energy
 
 
-def bench_folder(folder: Path, device: Device, opts: BenchOptions, on_event: Event | None = None) -> list[dict]:
+def bench_folder(folder: Path, device: Device, opts: BenchOptions, on_event: Event | None = None, *,
+                 append: bool = True) -> list[dict]:
     """Benchmark every selected artifact of ``folder`` on ``device``; returns the new report.json bench entries.
 
     The folder is read through ``manifest.load`` (every artifact path stays inside it, symlinks followed); before
     anything is pushed each artifact's sha256 is checked against the manifest, and one that changed since export is
     not benched: its entry fails with the reason. Device paths are built by :func:`remote_path`. Each artifact is
-    measured by its :class:`~edgeship.bench.methods.BenchMethod` (``opts.via``)."""
+    measured by its :class:`~edgeship.bench.methods.BenchMethod` (``opts.via``). ``append=False`` leaves
+    report.json alone (the fleet bench, bench/fleet.py, writes every device's entries once, from one thread)."""
     on_event = on_event or (lambda *a: None)
     folder = Path(folder)
     if opts.via == "python" and getattr(device, "bench_via", None):   # a device without python (a browser): its own way
@@ -280,8 +282,9 @@ def bench_folder(folder: Path, device: Device, opts: BenchOptions, on_event: Eve
                 on_event(f"{a['format']}:{a['precision']}", "done", entry)
     if opts.compare:
         add_speedups(entries, opts.compare)
-    report.setdefault("bench", []).extend(entries)
-    report_mod.write(folder, report)
+    if append:
+        report.setdefault("bench", []).extend(entries)
+        report_mod.write(folder, report)
     return entries
 
 
