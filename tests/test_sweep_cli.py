@@ -48,3 +48,21 @@ def test_sweep_bad_sparsity_is_a_clear_error(tmp_path, prune, fragment):
     assert fragment in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_lowrank_sweep_factorizes_each_point_and_refuses_both_axes(tmp_path):
+    """--lowrank: one point per energy kept (1.0 leaves the model whole), fewer parameters as it drops, rows keyed
+    by energy in report.json (schema-checked on write), sweep.png drawn; --prune with --lowrank is refused."""
+    out = tmp_path / "s"
+    r = run("sweep", "example:digits_cnn", "--lowrank", "1.0,0.8,0.5", "--eval", "digits", "--out", str(out),
+            "--finetune-epochs", "1", "--train-epochs", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "report.json").read_text())
+    rows = {row["energy"]: row for row in report["sweep"]}
+    assert report["method"] == "lowrank" and set(rows) == {1.0, 0.8, 0.5} and (out / "sweep.png").is_file()
+    assert rows[1.0]["layers_factorized"] == 0 and rows[0.5]["layers_factorized"] >= 1
+    assert rows[0.5]["params"] < rows[1.0]["params"] and rows[0.5]["macs"] < rows[1.0]["macs"]
+    assert "energy" in r.stdout and "low-rank sweep" in r.stdout
+    bad = run("sweep", "example:digits_cnn", "--lowrank", "0.9", "--prune", "0.5", "--eval", "digits",
+              "--out", str(tmp_path / "t"))
+    assert bad.returncode != 0 and "not both" in bad.stdout + bad.stderr and not (tmp_path / "t").exists()

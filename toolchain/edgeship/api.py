@@ -90,13 +90,14 @@ def compress(model, recipe, out: str | Path, *, data: str | None = None, eval_da
         return _export(final, Path(out), opts, on_event, extra={"compression": record})
 
 
-def sweep(model, out: str | Path, *, eval_data: str, prune: str | Sequence[float] = (0.0, 0.3, 0.5, 0.7, 0.9),
-          method: str = "structured", finetune_epochs: int = 5, train_epochs: int = 0, inputs: Sequence = (),
+def sweep(model, out: str | Path, *, eval_data: str, prune: str | Sequence[float] | None = None,
+          lowrank: str | Sequence[float] | None = None, method: str = "structured", finetune_epochs: int = 5, train_epochs: int = 0, inputs: Sequence = (),
           task: str | None = None, force: bool = False, jobs: int = 1, ray: str | None = None,
           cpus_per_point: int = 1, resume: bool = False, progress: Callable | None = None,
           on_event: Event | None = None) -> Report:
-    """Sparsity-vs-accuracy curve: prune a fresh copy of ``model`` to each sparsity (a *point*), fine-tune on
-    ``eval_data``'s train split, measure on its held-out split; writes ``out`` (report.json with kind "sweep" after
+    """Sparsity-vs-accuracy curve: prune a fresh copy of ``model`` to each sparsity (a *point*; default 0, 0.3,
+    0.5, 0.7, 0.9), fine-tune on ``eval_data``'s train split, measure on its held-out split; with ``lowrank`` (the
+    energies each layer keeps, e.g. 1.0, 0.9, 0.8, 0.6) the points factorize instead (method "lowrank"); writes ``out`` (report.json with kind "sweep" after
     every point, sweep.png and report.html at the end). ``train_epochs`` trains the model first (a model built in
     code is untrained). Points run in this process (``jobs`` 1), in ``jobs`` local processes, or as Ray tasks
     (``ray``: ``auto`` for a local Ray, ``ray://HOST:10001`` or ``HOST:PORT`` for a cluster), each with
@@ -105,10 +106,16 @@ def sweep(model, out: str | Path, *, eval_data: str, prune: str | Sequence[float
     ``("sweep", "measured", {"held_out": N, "todo": [...], "skipped": [...], "total": T})`` before the points run
     and ``("sweep", "point", {"row": ROW, "done": K, "total": T})`` as each finishes."""
     from .outdir import claim
-    from .sweep import check_method, parse_sparsities, sweep_folder
+    from .sweep import check_method, parse_energies, parse_sparsities, sweep_folder
     from .sweep_runners import pick
 
-    sparsities = parse_sparsities(prune)
+    if lowrank is not None:
+        if prune is not None:
+            raise EdgeshipError("give --prune or --lowrank, not both: a sweep has one axis",
+                                hint="run two sweeps into two folders to compare them")
+        sparsities, method = parse_energies(lowrank), "lowrank"
+    else:
+        sparsities = parse_sparsities((0.0, 0.3, 0.5, 0.7, 0.9) if prune is None else prune)
     check_method(method)
     pick(jobs, ray, cpus_per_point, 2)        # --jobs/--ray/--cpus-per-point (and Ray installed) before any work
     if task is not None and not _is_spec(model):

@@ -264,7 +264,10 @@ def _shipped_table(stage: dict) -> Table:
 @app.command()
 def sweep(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    prune_: str = typer.Option("0,0.3,0.5,0.7,0.9", "--prune", help="sparsities to try, comma-separated, each in [0, 1)"),
+    prune_: Optional[str] = typer.Option(None, "--prune", help="sparsities to try, comma-separated, each in [0, 1) "
+                                         "(default 0,0.3,0.5,0.7,0.9)"),
+    lowrank: Optional[str] = typer.Option(None, "--lowrank", help="low-rank sweep instead: the energy each layer "
+                                          "keeps, comma-separated, each in (0, 1], e.g. 1.0,0.9,0.8,0.6"),
     eval_data: str = typer.Option(..., "--eval", help="labelled DATA: fine-tuned on its train split, measured on its held-out split"),
     out: Path = typer.Option(..., "--out", "-o"),
     method: str = typer.Option("structured", "--method", help="structured or unstructured"),
@@ -280,9 +283,11 @@ def sweep(
     resume: bool = typer.Option(False, "--resume", help="continue the sweep in --out: keep its finished points, run the rest"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Sparsity-vs-accuracy curve: prune to each sparsity, fine-tune, measure; writes sweep.png and report.json
+    """Sparsity-vs-accuracy curve: prune to each sparsity (or factorize keeping each --lowrank energy), fine-tune,
+    measure; writes sweep.png and report.json
     (rewritten as each point finishes, so --resume can continue an interrupted sweep)."""
     from . import api
+    from .sweep import axis, point_value
     progress, on_progress = _training_progress()
     info: dict = {}
     points: list = []
@@ -295,11 +300,13 @@ def sweep(
             points.append(progress.add_task("points", total=data["total"], completed=len(data["skipped"]), status=""))
         elif stage == "point":
             row = data["row"]
-            what = (f"[red]{row['sparsity']:.2f} failed[/]" if row.get("status") == "failed"
-                    else f"{row['sparsity']:.2f}: {row['accuracy']:.2%}" if row.get("accuracy") is not None else f"{row['sparsity']:.2f}")
+            v = point_value(row)
+            what = (f"[red]{v:.2f} failed[/]" if row.get("status") == "failed"
+                    else f"{v:.2f}: {row['accuracy']:.2%}" if row.get("accuracy") is not None else f"{v:.2f}")
             progress.update(points[0], completed=data["done"], status=f"last {what}")
     with progress:
-        report = api.sweep(model, out, eval_data=eval_data, prune=prune_, method=method, finetune_epochs=finetune_epochs,
+        report = api.sweep(model, out, eval_data=eval_data, prune=prune_, lowrank=lowrank, method=method,
+                           finetune_epochs=finetune_epochs,
                            train_epochs=train_epochs, inputs=input, task=task, force=force, jobs=jobs, ray=ray,
                            cpus_per_point=cpus_per_point, resume=resume, progress=on_progress, on_event=on_event)
     result = report.to_dict()
@@ -308,14 +315,16 @@ def sweep(
         print(json.dumps(result, indent=2))
         raise typer.Exit(1 if failed else 0)
     run = result.get("runner") or {}
-    t = Table(title=f"{report.name}: {method} pruning sweep ({info.get('held_out')} held-out examples)")
-    for col in ("sparsity", "parameters", "MACs", "accuracy", "point s"):
+    swept = result["method"]
+    t = Table(title=f"{report.name}: " + ("low-rank" if swept == "lowrank" else f"{swept} pruning")
+              + f" sweep ({info.get('held_out')} held-out examples)")
+    for col in (axis(swept), "parameters", "MACs", "accuracy", "point s"):
         t.add_column(col)
     for r in result["sweep"]:
         if r.get("status") == "failed":
-            t.add_row(f"{r['sparsity']:.2f}", f"[red]failed[/]: {escape(r.get('error') or '')}", "", "", "")
+            t.add_row(f"{point_value(r):.2f}", f"[red]failed[/]: {escape(r.get('error') or '')}", "", "", "")
             continue
-        t.add_row(f"{r['sparsity']:.2f}", f"{r['params']:,}", f"{r['macs']:,}",
+        t.add_row(f"{point_value(r):.2f}", f"{r['params']:,}", f"{r['macs']:,}",
                   "—" if r["accuracy"] is None else f"{r['accuracy']:.2%}",
                   "—" if r.get("wall_s") is None else f"{r['wall_s']:.1f}")
     console.print(t)

@@ -26,8 +26,31 @@ from .errors import EdgeshipError
 from .manifest import tool_versions
 
 log = logging.getLogger(__name__)
-METHODS = ("structured", "unstructured")
+METHODS = ("structured", "unstructured", "lowrank")
 ROW_KEYS = ("sparsity", "params", "macs", "accuracy", "real_sparsity", "nonzero_params")
+
+
+def axis(method: str) -> str:
+    """The row key a point's value goes under: the pruning target, or the low-rank energy kept."""
+    return "energy" if method == "lowrank" else "sparsity"
+
+
+def point_value(row: dict) -> float:
+    return float(row["energy"] if "energy" in row else row["sparsity"])
+
+
+def parse_energies(text: str | Sequence[float]) -> list[float]:
+    """"1.0,0.9,0.8" (the --lowrank flag): the energy each layer keeps, each in (0, 1]; 1.0 leaves the model whole."""
+    try:
+        items = [float(x) for x in text.split(",") if x.strip()] if isinstance(text, str) else [float(x) for x in text]
+    except ValueError:
+        raise EdgeshipError(f"--lowrank {text!r} is not a comma-separated list of numbers",
+                            hint="e.g. --lowrank 1.0,0.9,0.8,0.6 (the energy each layer keeps)") from None
+    bad = [x for x in items if not 0.0 < x <= 1.0]
+    if bad or not items:
+        raise EdgeshipError(f"--lowrank values are the energy each layer keeps, in (0, 1]; got {text!r}",
+                            hint="e.g. --lowrank 1.0,0.9,0.8,0.6")
+    return items
 
 
 def parse_sparsities(text: str | Sequence[float]) -> list[float]:
@@ -42,7 +65,7 @@ def parse_sparsities(text: str | Sequence[float]) -> list[float]:
 
 def check_method(method: str) -> str:
     if method not in METHODS:
-        raise EdgeshipError(f"--method must be structured or unstructured, got {method!r}")
+        raise EdgeshipError(f"--method must be structured or unstructured (or lowrank, which --lowrank sets), got {method!r}")
     return method
 
 
@@ -90,8 +113,9 @@ class SweepJob:
 
 
 def run_point(job: SweepJob, sparsity: float, progress=None) -> dict:
-    """Prune a fresh copy of the model to ``sparsity``, fine-tune, measure: one report.json row (status ok), or the
-    row of a failed point (status failed, the error). Seeded and thread-pinned (see the module docstring)."""
+    """Prune a fresh copy of the model to ``sparsity`` (or, for the lowrank method, factorize it keeping that
+    energy), fine-tune, measure: one report.json row (status ok), or the row of a failed point (status failed, the
+    error). Seeded and thread-pinned (see the module docstring)."""
     import torch
 
     from .compress.prune import sweep as prune_sweep
@@ -102,12 +126,15 @@ def run_point(job: SweepJob, sparsity: float, progress=None) -> dict:
         torch.set_num_threads(job.cpus)
         spec = job.fresh_spec()
         seed_everything(job.seed)
-        row = prune_sweep(spec, [sparsity], job.train, job.val, job.finetune_epochs, job.method,
-                          eval_data=job.test, progress=progress)[0].as_dict()
+        if job.method == "lowrank":
+            row = lowrank_point(spec, sparsity, job, progress)
+        else:
+            row = prune_sweep(spec, [sparsity], job.train, job.val, job.finetune_epochs, job.method,
+                              eval_data=job.test, progress=progress)[0].as_dict()
         row.update(status="ok")
     except Exception as e:  # noqa: BLE001 - a failed point is recorded, the others go on
         msg = e.message + (f" (hint: {e.hint})" if e.hint else "") if isinstance(e, EdgeshipError) else f"{type(e).__name__}: {e}"
-        row = failed_row(sparsity, msg)
+        row = failed_row(sparsity, msg, axis(job.method))
     finally:
         torch.set_num_threads(threads)
     row["wall_s"] = round(time.perf_counter() - t0, 3)
@@ -115,8 +142,23 @@ def run_point(job: SweepJob, sparsity: float, progress=None) -> dict:
     return row
 
 
-def failed_row(sparsity: float, error: str) -> dict:
-    return {"sparsity": float(sparsity), "params": None, "macs": None, "accuracy": None, "status": "failed",
+def lowrank_point(spec, energy: float, job: SweepJob, progress=None) -> dict:
+    """Factorize ``spec`` keeping ``energy`` of each layer (compress.lowrank; 1.0: left whole), fine-tune like
+    the low-rank stage, measure on the held-out split."""
+    from .compress.lowrank import factorize, summary
+    from .compress.prune import count_macs, count_params
+    from .compress.train import TrainConfig, evaluate, train_classifier
+    module, layers = (spec.module, []) if energy >= 1.0 else factorize(spec.module, energy=energy)
+    if job.finetune_epochs and layers:
+        train_classifier(module, job.train, job.val, TrainConfig(epochs=job.finetune_epochs, lr=5e-4, patience=5),
+                         progress=progress, stage=f"lowrank-{energy:g}")
+    module.eval()
+    return {"energy": float(energy), "params": count_params(module), "macs": count_macs(module, spec.example_inputs()),
+            "accuracy": evaluate(module, job.test), "layers_factorized": summary(layers)["factorized"] if layers else 0}
+
+
+def failed_row(value: float, error: str, key: str = "sparsity") -> dict:
+    return {key: float(value), "params": None, "macs": None, "accuracy": None, "status": "failed",
             "error": error[:2000]}
 
 
@@ -191,13 +233,13 @@ class SweepFolder:
                                 hint="run with the same settings, or use --force to start over")
         for r in old.get("sweep") or []:
             if r.get("status", "ok") == "ok":
-                self.rows[float(r["sparsity"])] = r
+                self.rows[point_value(r)] = r
 
     def done(self) -> set[float]:
         return set(self.rows)
 
     def add(self, row: dict) -> None:
-        self.rows[float(row["sparsity"])] = row
+        self.rows[point_value(row)] = row
         self.write(complete=False)
 
     def report(self, complete: bool) -> dict:
@@ -222,7 +264,8 @@ class SweepFolder:
         ok = [r for r in report["sweep"] if r.get("status", "ok") == "ok"]
         method = self.config["method"]
         if ok:
-            plot_sweep(ok, self.out / "sweep.png", title=f"{self.name}: {method} pruning")
+            plot_sweep(ok, self.out / "sweep.png", title=f"{self.name}: " + (
+                "low-rank factorization" if method == "lowrank" else f"{method} pruning"), key=axis(method))
         write_text_atomic(self.out / "report.html", sweep_html(report))
         return report
 
@@ -231,11 +274,13 @@ def sweep_html(report: dict) -> str:
     import html
     e = html.escape
 
+    key = axis(report["method"])
+
     def cell(r):
         if r.get("status", "ok") != "ok":
-            return (f"<tr><td>{r['sparsity']:.2f}</td><td colspan=3 style='color:#b00'>failed: {e(r.get('error') or '')}"
+            return (f"<tr><td>{r[key]:.2f}</td><td colspan=3 style='color:#b00'>failed: {e(r.get('error') or '')}"
                     "</td><td></td></tr>")
-        return (f"<tr><td>{r['sparsity']:.2f}</td><td>{r['params']:,}</td><td>{r['macs']:,}</td>"
+        return (f"<tr><td>{r[key]:.2f}</td><td>{r['params']:,}</td><td>{r['macs']:,}</td>"
                 f"<td>{'—' if r['accuracy'] is None else format(r['accuracy'], '.2%')}</td>"
                 f"<td>{'—' if r.get('wall_s') is None else format(r['wall_s'], '.1f')}</td></tr>")
     run = report.get("runner") or {}
@@ -243,16 +288,16 @@ def sweep_html(report: dict) -> str:
            + f", {run.get('workers')} worker(s), {run.get('cpus_per_point')} CPU(s) per point, "
            f"{run.get('wall_s')} s wall</p>") if run else ""
     return (f"<!doctype html><meta charset=utf-8><title>sweep {e(report['name'])}</title>"
-            f"<h1>{e(report['name'])}: {e(report['method'])} pruning sweep</h1>{how}<table border=1><tr><th>sparsity</th>"
+            f"<h1>{e(report['name'])}: {e(report['method'])} sweep</h1>{how}<table border=1><tr><th>{key}</th>"
             f"<th>parameters</th><th>MACs</th><th>accuracy</th><th>point s</th></tr>"
-            f"{''.join(cell(r) for r in report['sweep'])}</table><img src='sweep.png' alt='sparsity vs accuracy'>")
+            f"{''.join(cell(r) for r in report['sweep'])}</table><img src='sweep.png' alt='{key} vs accuracy'>")
 
 
 def write_sweep(out: Path, spec, rows: list[dict], method: str, force: bool) -> dict:
     """The folder of a sweep whose rows are all here (the API before #17)."""
     folder = SweepFolder(out, spec.name, {"method": method}, force=force)
     for r in rows:
-        folder.rows[float(r["sparsity"])] = r
+        folder.rows[point_value(r)] = r
     return folder.finish()
 
 

@@ -446,15 +446,16 @@ def sweep(spec: ModelSpec, sparsities: Sequence[float], train: DataSource | None
     return rows
 
 
-def plot_sweep(rows: Sequence[SweepRow | dict], path: str | Path, title: str | None = None) -> Path:
-    """Accuracy against MACs (and sparsity) as a PNG, written atomically."""
+def plot_sweep(rows: Sequence[SweepRow | dict], path: str | Path, title: str | None = None, key: str = "sparsity") -> Path:
+    """Accuracy against MACs (and the point's ``key``: sparsity, or a low-rank sweep's energy) as a PNG, written
+    atomically."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    return _plot(rows, Path(path), title, plt)
+    return _plot(rows, Path(path), title, plt, key)
 
 
-def _plot(rows, path: Path, title, plt) -> Path:
+def _plot(rows, path: Path, title, plt, key: str = "sparsity") -> Path:
     import io
     import os
     import tempfile
@@ -463,16 +464,16 @@ def _plot(rows, path: Path, title, plt) -> Path:
         raise EdgeshipError("nothing to plot: the sweep has no rows")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
     try:
-        sp = [r["sparsity"] for r in rs]
+        sp = [r[key] for r in rs]
         acc = [100 * r["accuracy"] if r["accuracy"] is not None else float("nan") for r in rs]
         macs = [r["macs"] / 1e6 for r in rs]
         ax1.plot(sp, acc, "o-")
-        ax1.set_xlabel("sparsity (target)")
+        ax1.set_xlabel("sparsity (target)" if key == "sparsity" else f"{key} kept per layer")
         ax1.set_ylabel("accuracy (%)")
         ax1.grid(alpha=0.3)
         ax2.plot(macs, acc, "o-")
         for r, x, y in zip(rs, macs, acc):
-            ax2.annotate(f"{r['sparsity']:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax2.annotate(f"{r[key]:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax2.set_xlabel("MMACs")
         ax2.set_ylabel("accuracy (%)")
         ax2.grid(alpha=0.3)
