@@ -137,8 +137,8 @@ def test_one_set_of_defaults():
 
 
 @pytest.mark.parametrize("text,fragment,hint", [
-    ("data: digits\nstages:\n  - prune: {}\n  - lowrank: {rank: 4}\n", "recipe line 4: unknown stage 'lowrank'",
-     "known stages: train, distill, prune, qat"),
+    ("data: digits\nstages:\n  - prune: {}\n  - svd: {rank: 4}\n", "recipe line 4: unknown stage 'svd'",
+     "known stages: train, distill, prune, qat, lowrank, cluster"),
     ("stages:\n  - prune:\n      sparsity: 0.5\n      amount: 0.5\n", "recipe line 4: unknown key 'prune.amount'",
      "known keys in prune: method, sparsity, steps, finetune_epochs, lr, patience, layers"),
     ("stages:\n  - prune: {sparsity: high}\n", "recipe line 2: 'prune.sparsity' must be float", None),
