@@ -47,14 +47,14 @@ def _summary(report: dict, title: str) -> Table:
     from .report import _fmt_size, accuracy_text, parity_text
     t = Table(title=title)
     with_acc = any(a.get("accuracy") for a in report["artifacts"])
-    for col in ("format", "precision", "file", "size", "export s", "parity") + (("accuracy",) if with_acc else ()) + ("status",):
+    for col in ("format", "precision", "file", "size", "download", "export s", "parity") + (("accuracy",) if with_acc else ()) + ("status",):
         t.add_column(col)
     for a in report["artifacts"]:
         p = a.get("parity") or {}
         status = "failed" if a.get("status") == "failed" else p.get("status", "—")
         detail = a.get("error") if a.get("status") == "failed" else parity_text(p)
         row = [a["format"], a["precision"], escape(a.get("path") or "—"), _fmt_size(a.get("size_bytes")),
-               str(a.get("export_s") or "—"), escape(detail or "—")]
+               _fmt_size(a.get("download_bytes")), str(a.get("export_s") or "—"), escape(detail or "—")]
         if with_acc:
             row.append(escape(accuracy_text(a.get("accuracy"))))
         t.add_row(*row, f"[{_status_style(status)}]{status}[/]")
