@@ -55,14 +55,20 @@ def schema() -> dict:
 
 
 def validate(manifest: dict, where: str = "manifest.json") -> None:
+    check_schema(manifest, schema(), SCHEMA_PATH, "manifest", where)
+
+
+def check_schema(doc, schema_doc: dict, schema_path: Path, what: str, where: str) -> None:
+    """Validate ``doc`` against a JSON Schema; the first problem (by location) as an EdgeshipError naming ``where``,
+    the location and the schema file. manifest.json and report.json both go through it."""
     import jsonschema
 
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(manifest), key=lambda e: list(e.path))
+    errors = sorted(jsonschema.Draft202012Validator(schema_doc).iter_errors(doc), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
         loc = "/".join(str(p) for p in e.path) or "(top level)"
-        raise EdgeshipError(f"{where} does not follow the manifest schema at {loc}: {e.message}",
-                            hint=f"the schema is {SCHEMA_PATH}; {len(errors)} problem(s) in all")
+        raise EdgeshipError(f"{where} does not follow the {what} schema at {loc}: {e.message}",
+                            hint=f"the schema is {schema_path}; {len(errors)} problem(s) in all")
 
 
 def check_version(manifest: dict, where: str = "manifest.json") -> None:

@@ -35,7 +35,7 @@ from .outdir import claim, staged_folder
 from .preflight import (check_dynamic, check_free_space, check_precisions, check_quant_options,
                         without_pruning_hooks)
 from .refdata import (REFERENCE_FILE, SizeCheck, check_finite_reference, check_fixed_output_shapes, check_sizes,
-                      load_reference, load_size_checks, load_verify_data, save_reference, size_feeds,
+                      load_reference, load_size_checks, load_verification, load_verify_data, save_reference, size_feeds,
                       verification_feeds)
 from .results import ArtifactResult
 from .sizes import download_size
@@ -234,11 +234,7 @@ def verify_folder(folder: Path, on_event: Event | None = None) -> dict:
     artifact's sha256 against the manifest first. Updates report.json in place (atomically); returns it."""
     on_event = on_event or (lambda *a: None)
     folder = Path(folder)
-    manifest = manifest_mod.load(folder)
-    if not manifest["artifacts"]:
-        raise EdgeshipError(f"{folder / 'manifest.json'} lists no artifacts: there is nothing to verify",
-                            hint="export the folder again")
-    feeds, refs = load_reference(folder, manifest)
+    manifest, feeds, refs = load_verification(folder)
     sizes = load_size_checks(folder, manifest)
     report = report_mod.load(folder)
     listed = {f"{a['format']}:{a['precision']}" for a in manifest["artifacts"]}

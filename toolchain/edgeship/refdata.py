@@ -177,6 +177,18 @@ def save_reference(folder: Path, spec: ModelSpec, np_feeds, refs, sizes: Sequenc
     tmp.replace(folder / REFERENCE_FILE)
 
 
+def load_verification(folder: Path) -> tuple[dict, list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """What re-verifying an export folder needs: its manifest (checked) and the stored reference inputs and outputs
+    (``edgeship verify``, here or on a device)."""
+    from . import manifest as manifest_mod
+    manifest = manifest_mod.load(folder)
+    if not manifest["artifacts"]:
+        raise EdgeshipError(f"{folder / 'manifest.json'} lists no artifacts: there is nothing to verify",
+                            hint="export the folder again")
+    feeds, refs = load_reference(folder, manifest)
+    return manifest, feeds, refs
+
+
 def load_reference(folder: Path, manifest: dict) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
     path = folder / REFERENCE_FILE
     if not path.is_file():

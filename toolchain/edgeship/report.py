@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ._io import _json_default, write_json_atomic, write_text_atomic
 from .errors import EdgeshipError
-from .manifest import tool_versions
+from .manifest import check_schema, tool_versions
 from .verify import SCHEMES
 
 log = logging.getLogger(__name__)
@@ -31,17 +31,9 @@ def schema() -> dict:
 def validate(report: dict, where: str = "report.json") -> None:
     """Refuse a report that does not follow the schema, naming the first place it departs from it (as
     ``manifest.validate`` does). The report is checked as it will be read back: as JSON (numpy scalars, paths)."""
-    import jsonschema
-
     if hasattr(report, "to_dict"):   # a results.Report
         report = report.to_dict()
-    doc = json.loads(json.dumps(report, default=_json_default))
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(doc), key=lambda e: list(e.path))
-    if errors:
-        e = errors[0]
-        loc = "/".join(str(p) for p in e.path) or "(top level)"
-        raise EdgeshipError(f"{where} does not follow the report schema at {loc}: {e.message}",
-                            hint=f"the schema is {SCHEMA_PATH}; {len(errors)} problem(s) in all")
+    check_schema(json.loads(json.dumps(report, default=_json_default)), schema(), SCHEMA_PATH, "report", where)
 
 
 def new_report(spec, manifest: dict, artifacts: list[dict], verify_samples: int) -> dict:

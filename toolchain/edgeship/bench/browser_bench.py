@@ -102,18 +102,14 @@ def verify_on_device(folder: Path, device: Device, on_event: Event | None = None
     outputs (verify.compare: the same tolerances as on the host) and record the result in report.json as
     ``parity.devices[device.id]`` of each artifact. Returns report.json. Artifacts the browser cannot run are
     reported through ``on_event`` as skipped and left as they were."""
-    from ..refdata import load_reference
+    from ..refdata import load_verification
     from .devices.browser import PageError, decode, encode
 
     on_event = on_event or (lambda *a: None)
     dev = _browser(device, "edgeship verify --device")
     dev.check()                      # Chromium, Playwright and web-demo/vendor/ are there, or a clear error
     folder = Path(folder)
-    manifest = manifest_mod.load(folder)
-    if not manifest["artifacts"]:
-        raise EdgeshipError(f"{folder / 'manifest.json'} lists no artifacts: there is nothing to verify",
-                            hint="export the folder again")
-    feeds, refs = load_reference(folder, manifest)
+    manifest, feeds, refs = load_verification(folder)
     report = report_mod.load(folder)
     info = dev.info()
     classifier = manifest["task"].endswith("classification")

@@ -42,8 +42,8 @@ import numpy as np
 from edgeship.errors import EdgeshipError
 from edgeship_runtime.formats import FORMATS, app_formats
 
-from .base import DeviceBase, DeviceEntry, DeviceInfo, _replace_into, _skip, _staging_dir
-from .local import _os_release_pretty, local_cpu_model
+from .base import DeviceBase, DeviceEntry, DeviceInfo
+from .local import LocalDevice, _os_release_pretty, local_cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -304,24 +304,8 @@ class BrowserDevice(DeviceBase):
         return info
 
     # -- transport: the host's file system, published by the server
-    def push(self, local: Path, remote: str) -> None:
-        local, dest = Path(local), Path(remote)
-        if not local.exists():
-            raise EdgeshipError(f"{local} does not exist")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if local.is_dir():
-            shutil.copytree(local, dest, dirs_exist_ok=True, ignore=lambda _d, names: _skip(names))
-        else:
-            shutil.copy2(local, dest)
-
-    def pull(self, remote: str, local: Path, *, force: bool = False) -> None:
-        src, local = Path(remote), Path(local)
-        if not src.exists():
-            raise EdgeshipError(f"{remote} does not exist on {self.id}")
-        with _staging_dir(local.parent) as tmp:
-            staged = tmp / local.name
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, staged)
-            _replace_into(staged, local, force)
+    push = LocalDevice.push          # the same file copies as the local device (the server publishes them)
+    pull = LocalDevice.pull
 
     def run(self, argv: Sequence[str], timeout_s: float, *, cwd: str | None = None,
             env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess:
